@@ -1,0 +1,274 @@
+// Falcon WebSocket client: one page that talks to the echo (/) and chat (/chat)
+// endpoints of step02/step03, and explains what is wrong when step01 (plain
+// HTTP, no websocket) is running instead.
+//
+// Rule for this file: text that comes from the network is only ever shown
+// through textContent, so a message can never become markup on this page.
+(function () {
+  'use strict';
+
+  const $ = (id) => document.getElementById(id);
+  const urlInput = $('url');
+  const connectBtn = $('connect');
+  const disconnectBtn = $('disconnect');
+  const statusEl = $('status');
+  const countEl = $('count');
+  const logEl = $('log');
+  const messageInput = $('message');
+
+  const ENDPOINTS = { echo: '/', chat: '/chat' };
+  const MAX_LOG_ENTRIES = 500;   // keep a long-running page light
+  const PROBE_TIMEOUT_MS = 3000; // how long the "is anything there?" probe may take
+
+  let socket = null;         // the current WebSocket, or null
+  let userClosed = false;    // true once Disconnect was pressed: do not reconnect
+  let attempt = 0;           // failed attempts since the last successful open
+  let reconnectTimer = null;
+  let mode = 'echo';         // endpoint of the current connection
+  let myId = null;           // our id in the chat, from the "welcome" message
+  let lastDiagnosis = '';    // so retries do not repeat the same log line
+
+  // ---- Initial values: ?url=... and ?endpoint=chat override the defaults ----
+
+  const params = new URLSearchParams(location.search);
+  if (params.get('url')) {
+    urlInput.value = params.get('url');
+  } else if (location.protocol === 'http:' || location.protocol === 'https:') {
+    // Served by the app itself: talk back to the same host and port.
+    urlInput.value = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/';
+  } else {
+    urlInput.value = 'ws://localhost:8000/'; // opened from file://
+  }
+  if (params.get('endpoint') === 'chat') $('endpoint-chat').checked = true;
+
+  // ---- Small helpers ----
+
+  function chosenEndpoint() {
+    return $('endpoint-chat').checked ? 'chat' : 'echo';
+  }
+
+  // The server URL with its path replaced by the endpoint; throws if invalid.
+  function socketUrl(endpoint) {
+    const url = new URL(urlInput.value.trim());
+    if (url.protocol === 'http:') url.protocol = 'ws:';   // be forgiving
+    if (url.protocol === 'https:') url.protocol = 'wss:';
+    if (url.protocol !== 'ws:' && url.protocol !== 'wss:') {
+      throw new Error('the Server URL must start with ws:// or wss://');
+    }
+    url.pathname = ENDPOINTS[endpoint];
+    url.hash = '';
+    return url.href;
+  }
+
+  // Same address over plain HTTP, used to probe a server that refused the websocket.
+  function httpUrlFor(wsUrl) {
+    return wsUrl.replace(/^ws(s?):/, 'http$1:');
+  }
+
+  function setStatus(text) {
+    statusEl.textContent = text;
+  }
+
+  // kind is one of: sent, received, system, error (also the CSS class).
+  function log(kind, text) {
+    const li = document.createElement('li');
+    li.className = kind;
+    li.textContent = text;
+    logEl.appendChild(li);
+    while (logEl.childElementCount > MAX_LOG_ENTRIES) logEl.firstElementChild.remove();
+    li.scrollIntoView({ block: 'nearest' });
+  }
+
+  function updateButtons() {
+    connectBtn.disabled = socket !== null;
+    disconnectBtn.disabled = socket === null && reconnectTimer === null;
+  }
+
+  // 0.5 s, 1 s, 2 s, 4 s, 8 s, then 10 s for every further attempt.
+  function nextDelay() {
+    return Math.min(500 * 2 ** attempt, 10000);
+  }
+
+  // ---- Connecting, closing and reconnecting ----
+
+  function open() {
+    let url;
+    try {
+      url = socketUrl(chosenEndpoint());
+      mode = chosenEndpoint();
+      socket = new WebSocket(url);
+    } catch (err) {
+      setStatus('Cannot connect: ' + err.message);
+      log('error', 'Cannot connect: ' + err.message);
+      socket = null;
+      updateButtons();
+      return;
+    }
+    const ws = socket;
+    let opened = false;
+    ws.binaryType = 'arraybuffer'; // so a binary message's size is byteLength
+    setStatus('Connecting to ' + url + '…');
+    updateButtons();
+
+    ws.onopen = () => {
+      opened = true;
+      attempt = 0;
+      lastDiagnosis = '';
+      setStatus('Connected to ' + url + (mode === 'chat' ? ' (chat)' : ' (echo)'));
+      log('system', 'Connected to ' + url);
+    };
+
+    ws.onmessage = (event) => {
+      if (typeof event.data !== 'string') {
+        log('received', '← [binary, ' + event.data.byteLength + ' bytes]');
+      } else if (mode === 'chat') {
+        handleChat(event.data);
+      } else {
+        log('received', '← ' + event.data);
+      }
+    };
+
+    // The browser hides why a websocket failed; "close" always follows, so act there.
+    ws.onclose = (event) => {
+      if (ws !== socket) return; // an old socket we already gave up on
+      socket = null;
+      myId = null;
+      countEl.textContent = '–';
+      const closed = 'code ' + event.code + (event.reason ? ', reason: ' + event.reason : '');
+      if (userClosed) {
+        setStatus('Disconnected (' + closed + ')');
+        log('system', 'Disconnected (' + closed + ')');
+        updateButtons();
+        return;
+      }
+      const delay = scheduleReconnect();
+      const retry = ' Reconnecting in ' + delay / 1000 + ' s…';
+      setStatus('Closed (' + closed + ').' + retry);
+      if (opened) log('system', 'Connection closed (' + closed + ')');
+      else probe(url, retry); // never opened: find out why
+    };
+  }
+
+  function scheduleReconnect() {
+    const delay = nextDelay();
+    attempt += 1;
+    reconnectTimer = setTimeout(() => { reconnectTimer = null; open(); }, delay);
+    updateButtons();
+    return delay;
+  }
+
+  // A websocket that fails before "open" may mean no server at all, or an
+  // HTTP-only server (step01). A no-cors fetch tells them apart: it resolves on
+  // any HTTP answer (we cannot read it, and do not need to) and rejects if
+  // nothing answers.
+  function probe(wsUrl, retry) {
+    const httpUrl = httpUrlFor(wsUrl);
+    const timer = reconnectTimer; // the retry this message belongs to
+    const abort = new AbortController();
+    const timeout = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
+    fetch(httpUrl, { mode: 'no-cors', cache: 'no-store', signal: abort.signal })
+      .then(
+        () => 'The server at ' + httpUrl + ' answers HTTP but does not accept WebSocket ' +
+              'connections (step01 has no websocket — run step02 or step03).',
+        () => 'No server is answering at ' + httpUrl + '.')
+      .then((diagnosis) => {
+        clearTimeout(timeout);
+        if (diagnosis !== lastDiagnosis) log('error', diagnosis);
+        lastDiagnosis = diagnosis;
+        // Only update the status if it still describes this attempt.
+        if (timer !== null && timer === reconnectTimer) setStatus(diagnosis + retry);
+      });
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    if (socket) return; // already connecting or connected
+    userClosed = false;
+    attempt = 0;
+    lastDiagnosis = '';
+    open();
+  }
+
+  function disconnect() {
+    userClosed = true;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    if (socket) {
+      socket.close(1000); // "normal closure"; onclose reports the final code
+      setStatus('Disconnecting…');
+    } else {
+      setStatus('Disconnected (reconnect cancelled).');
+      log('system', 'Reconnect cancelled.');
+    }
+    updateButtons();
+  }
+
+  // ---- Chat: the server sends JSON objects with a "type" ----
+
+  function handleChat(raw) {
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch (err) {
+      msg = null;
+    }
+    if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') {
+      log('error', 'unreadable message from server: ' + raw);
+      return;
+    }
+    if ('count' in msg) countEl.textContent = String(msg.count);
+    const who = String(msg.id);
+    switch (msg.type) {
+      case 'welcome':
+        myId = who;
+        log('system', 'You joined as ' + who + ' (' + msg.count + ' connected)');
+        break;
+      case 'join':
+        log('system', who + ' joined (' + msg.count + ' connected)');
+        break;
+      case 'leave':
+        log('system', who + ' left (' + msg.count + ' connected)');
+        break;
+      case 'message':
+        // Our own text comes back in the broadcast too; that is where we log it.
+        if (who === myId) log('sent', who + ' (you): ' + String(msg.text));
+        else log('received', who + ': ' + String(msg.text));
+        break;
+      case 'error':
+        log('error', 'Server error: ' + msg.error);
+        break;
+      default:
+        log('error', 'unreadable message from server: ' + raw);
+    }
+  }
+
+  // ---- Sending ----
+
+  function send() {
+    const text = messageInput.value;
+    if (text === '') return;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      log('system', 'Not connected: message not sent.');
+      return;
+    }
+    // Both endpoints take plain text; in chat the server's broadcast is the log entry.
+    socket.send(text);
+    if (mode === 'echo') log('sent', '→ ' + text);
+    messageInput.value = '';
+    messageInput.focus();
+  }
+
+  // ---- Wiring ----
+
+  $('connection').addEventListener('submit', (event) => {
+    event.preventDefault(); // Connect button, or Enter in the Server field
+    connect();
+  });
+  disconnectBtn.addEventListener('click', disconnect);
+  $('composer').addEventListener('submit', (event) => {
+    event.preventDefault(); // Send button, or Enter in the Message field
+    send();
+  });
+  updateButtons();
+})();

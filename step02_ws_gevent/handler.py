@@ -1,0 +1,152 @@
+"""gevent-websocket, repaired where it breaks the protocol or lets a client hurt the server.
+
+gevent-websocket 0.10.1 (2017, the last release) never puts the close code on the
+wire, has no message size limit, never checks Origin, and unmasks every frame byte
+by byte in Python. `Handler` and `WebSocket` below fix that without forking it;
+`Worker` lets gunicorn use them.
+"""
+
+import fnmatch
+import os
+import socket
+import struct
+
+from gevent.lock import Semaphore
+from geventwebsocket import WebSocketError
+from geventwebsocket import websocket as upstream
+from geventwebsocket.exceptions import ProtocolError
+from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+from geventwebsocket.handler import WebSocketHandler
+
+# Browsers send Origin; a page on another site must not use its visitor's browser
+# to talk to us. The default suits development: pages on localhost and file:// ("null").
+DEFAULT_ALLOWED_ORIGINS = "http://localhost:*,http://127.0.0.1:*,null"
+ALLOWED_ORIGINS = os.environ.get("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS).split(",")
+
+# The largest message a client may send unless the app sets another limit.
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
+
+
+def origin_allowed(origin):
+    """Tell whether a handshake's Origin header may open a WebSocket."""
+    # Clients that are not browsers send no Origin and cannot be abused this way.
+    if origin is None:
+        return True
+    return any(fnmatch.fnmatchcase(origin, pattern.strip()) for pattern in ALLOWED_ORIGINS)
+
+
+def unmask(payload, mask):
+    """XOR a client's payload with its 4-byte mask, as one big integer in C."""
+    length = len(payload)
+    key = (mask * (length // 4 + 1))[:length]
+    data = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
+    return data.to_bytes(length, "little")
+
+
+class MessageTooBig(ProtocolError):
+    """A client announced a message larger than the limit."""
+
+
+class WebSocket(upstream.WebSocket):
+    """gevent-websocket's WebSocket with close codes, a size limit and fast unmasking."""
+
+    def __init__(self, environ, stream, handler):
+        super().__init__(environ, stream, handler)
+        self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+        self.message_size = 0
+        # Frames written from two greenlets (a reply and a broadcast) must not interleave.
+        self.write_lock = Semaphore()
+
+    def read_frame(self):
+        """Read one frame, refusing it before its payload if the message grows too big."""
+        header = upstream.Header.decode_header(self.stream)
+        if header.flags:
+            raise ProtocolError("reserved bits set without an extension")
+        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
+            self.message_size = 0
+        if header.opcode <= self.OPCODE_BINARY:
+            self.message_size += header.length
+            if self.message_size > self.max_message_size:
+                raise MessageTooBig(f"message over {self.max_message_size} bytes")
+        if not header.mask:
+            raise ProtocolError("client frames must be masked")
+        payload = self.raw_read(header.length) if header.length else b""
+        if len(payload) != header.length:
+            raise WebSocketError("unexpected EOF reading frame payload")
+        return header, unmask(payload, header.mask)
+
+    def validate_utf8(self, payload):
+        """Skip the pure-Python validator: decoding the whole message checks it in C."""
+
+    def receive(self):
+        """Return the next message, or None once the connection is over."""
+        if self.closed:
+            raise WebSocketError("connection is already closed")
+        try:
+            return self.read_message()
+        except MessageTooBig as error:
+            self.close(1009, str(error))
+        except UnicodeError:
+            self.close(1007, "invalid UTF-8 in a text message")
+        except ProtocolError as error:
+            self.close(1002, str(error) or "protocol error")
+        except OSError:
+            # The peer went away (WebSocketError is an OSError too): nothing to answer.
+            self.close(1006)
+        return None
+
+    def send_frame(self, message, opcode):
+        """Send one frame, never interleaved with another greenlet's frame."""
+        with self.write_lock:
+            super().send_frame(message, opcode)
+
+    def close(self, code=1000, message=b""):
+        """Send a close frame that carries its code and reason, then stop using the socket."""
+        if self.closed:
+            return
+        reason = message.encode() if isinstance(message, str) else bytes(message or b"")
+        try:
+            # 1005 and 1006 are never sent: they stand for "no code" and "no close frame".
+            if code not in (1005, 1006):
+                self.send_frame(struct.pack("!H", code) + reason[:123], self.OPCODE_CLOSE)
+        except (OSError, AttributeError):
+            pass  # The socket is already gone; there is nobody to tell.
+        finally:
+            self.closed = True
+
+    def abort(self):
+        """Drop the TCP connection at once, for a peer that stopped reading."""
+        self.closed = True
+        try:
+            self.handler.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class Handler(WebSocketHandler):
+    """gevent-websocket's handler with an Origin check and the repaired WebSocket."""
+
+    def upgrade_websocket(self):
+        """Refuse a foreign Origin with 403 before the handshake completes."""
+        is_upgrade = self.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if is_upgrade and not origin_allowed(self.environ.get("HTTP_ORIGIN")):
+            self.logger.warning("refused WebSocket from Origin %s", self.environ["HTTP_ORIGIN"])
+            self.start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"Origin not allowed.\n"]
+        return super().upgrade_websocket()
+
+    def upgrade_connection(self):
+        """Complete the handshake, then hand the app our WebSocket instead of upstream's."""
+        result = super().upgrade_connection()
+        if self.environ.get("wsgi.websocket"):
+            # Retire upstream's object first, or its __del__ writes a close frame.
+            self.websocket.closed = True
+            self.websocket = WebSocket(self.environ, upstream.Stream(self), self)
+            self.environ["wsgi.websocket"] = self.websocket
+        return result
+
+
+class Worker(GeventWebSocketWorker):
+    """gunicorn's gevent worker serving WebSockets through `Handler`."""
+
+    wsgi_handler = Handler

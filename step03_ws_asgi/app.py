@@ -1,0 +1,234 @@
+"""Step 3: the same app as falcon.asgi.App, where on_websocket is a real responder."""
+
+import argparse
+import asyncio
+import fnmatch
+import json
+import os
+import secrets
+from pathlib import Path
+
+import falcon
+import falcon.asgi
+import falcon.media
+import uvicorn
+from falcon import WebSocketDisconnected, WebSocketPayloadType
+from falcon.errors import PayloadTypeError
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+
+# Explicit limits, the same as step02's.
+ECHO_MAX_MESSAGE_SIZE = 16 * 2**20  # bytes, uvicorn's default, enforced by uvicorn
+CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes; a bigger message is closed with 1009
+CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
+OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
+SEND_TIMEOUT = 5  # seconds one send may block before the client is dropped
+PING_INTERVAL = 20  # seconds between uvicorn's pings
+PING_TIMEOUT = 20  # seconds without a pong before uvicorn drops the peer
+
+# Browsers send Origin; a page on another site must not use its visitor's browser
+# to talk to us. The default suits development: pages on localhost and file:// ("null").
+DEFAULT_ALLOWED_ORIGINS = "http://localhost:*,http://127.0.0.1:*,null"
+ALLOWED_ORIGINS = os.environ.get("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS).split(",")
+
+PLAIN_GET_TEXT = (
+    "This endpoint is for Websockets only.\n"
+    "Connect with a WebSocket client, e.g. client/index.html.\n"
+)
+
+
+def origin_allowed(origin):
+    """Tell whether a handshake's Origin header may open a WebSocket."""
+    # Clients that are not browsers send no Origin and cannot be abused this way.
+    if origin is None:
+        return True
+    return any(fnmatch.fnmatchcase(origin, pattern.strip()) for pattern in ALLOWED_ORIGINS)
+
+
+def refuse_plain_get(resp):
+    """Answer a GET without an upgrade: 426 says a WebSocket is what this URL speaks."""
+    resp.status = falcon.HTTP_426
+    resp.set_header("Upgrade", "websocket")
+    resp.content_type = falcon.MEDIA_TEXT
+    resp.text = PLAIN_GET_TEXT
+
+
+class OriginCheck:
+    """Middleware refusing a foreign Origin before the handshake: the client gets 403."""
+
+    async def process_request_ws(self, req, ws):
+        if not origin_allowed(req.get_header("Origin")):
+            raise falcon.HTTPForbidden(description="Origin not allowed.")
+
+
+class AsIs(falcon.media.TextBaseHandlerWS, falcon.media.BinaryBaseHandlerWS):
+    """A media handler that leaves payloads as they are (str for text, bytes for binary)."""
+
+    def serialize(self, media):
+        return media
+
+    def deserialize(self, payload):
+        return payload
+
+
+class WebSocketAPI:
+    """The post's endpoint: echoes every text and binary message back."""
+
+    async def on_get(self, req, resp):
+        refuse_plain_get(resp)
+
+    async def on_websocket(self, req, ws):
+        await ws.accept()
+        try:
+            while True:
+                # receive_media() takes text or binary; AsIs keeps it unchanged.
+                message = await ws.receive_media()
+                if isinstance(message, str):
+                    await ws.send_text(message)
+                else:
+                    await ws.send_data(message)
+        except WebSocketDisconnected:
+            return  # The client closed or vanished; uvicorn has answered it.
+
+
+class ChatClient:
+    """One /chat connection with its own outbox, so a slow reader stalls nobody else."""
+
+    def __init__(self, ws):
+        self.id = secrets.token_hex(3)
+        self.ws = ws
+        self.outbox = asyncio.Queue(OUTBOX_SIZE)
+
+    def post(self, event):
+        """Queue an event for this client; False if it is not keeping up."""
+        try:
+            self.outbox.put_nowait(json.dumps(event))
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def deliver(self):
+        """Send queued events until the connection ends; drop the client if it stalls."""
+        try:
+            while (message := await self.outbox.get()) is not None:
+                await asyncio.wait_for(self.ws.send_text(message), SEND_TIMEOUT)
+        except (WebSocketDisconnected, asyncio.TimeoutError):
+            self.abort()
+
+    def abort(self):
+        """Close a client that stopped reading, without waiting on it."""
+        asyncio.ensure_future(self.ws.close(1008, "too slow to receive"))
+
+    async def stop(self, writer):
+        """Let the writer flush what is queued, within SEND_TIMEOUT, then end it."""
+        try:
+            self.outbox.put_nowait(None)
+            await asyncio.wait_for(writer, SEND_TIMEOUT)
+        except (asyncio.QueueFull, asyncio.TimeoutError):
+            writer.cancel()
+
+
+class Room:
+    """Everyone connected to /chat."""
+
+    def __init__(self):
+        self.clients = {}
+
+    def join(self, client):
+        self.clients[client.id] = client
+        client.post({"type": "welcome", "id": client.id, "count": len(self.clients)})
+        self.broadcast({"type": "join", "id": client.id, "count": len(self.clients)}, client)
+
+    def leave(self, client):
+        if self.clients.pop(client.id, None) is not None:
+            self.broadcast({"type": "leave", "id": client.id, "count": len(self.clients)})
+
+    def broadcast(self, event, skip=None):
+        """Queue an event for every client; drop those whose outbox is full."""
+        # Iterate over a copy: leave() below changes the dict.
+        for client in list(self.clients.values()):
+            if client is not skip and not client.post(event):
+                client.abort()
+                self.leave(client)
+
+
+class ChatResource:
+    """A room: every text message goes to everyone connected, as JSON."""
+
+    def __init__(self, room):
+        self.room = room
+
+    async def on_get(self, req, resp):
+        refuse_plain_get(resp)
+
+    async def on_websocket(self, req, ws):
+        await ws.accept()
+        client = ChatClient(ws)
+        writer = asyncio.create_task(client.deliver())
+        self.room.join(client)
+        try:
+            while True:
+                text = (await ws.receive_text()).strip()
+                if len(text.encode()) > CHAT_MAX_MESSAGE_SIZE:
+                    await ws.close(1009, f"message over {CHAT_MAX_MESSAGE_SIZE} bytes")
+                    break
+                if not text or len(text) > CHAT_MAX_TEXT_LENGTH:
+                    error = f"a chat message has 1 to {CHAT_MAX_TEXT_LENGTH} characters"
+                    client.post({"type": "error", "error": error})
+                    continue
+                # Send the message to every client, the sender included.
+                self.room.broadcast({"type": "message", "id": client.id, "text": text})
+        except PayloadTypeError:
+            await ws.close(1003, "chat accepts text messages only")
+        except WebSocketDisconnected:
+            pass
+        finally:
+            self.room.leave(client)
+            await client.stop(writer)
+
+
+class HealthResource:
+    """A route scripts and tests poll; it also reports the chat's size."""
+
+    def __init__(self, room):
+        self.room = room
+
+    async def on_get(self, req, resp):
+        resp.media = {"status": "ok", "chat_clients": len(self.room.clients)}
+
+
+room = Room()
+app = falcon.asgi.App(middleware=[OriginCheck()])
+# uvicorn implements ASGI 2.4, so Falcon's own receive buffer only adds latency.
+app.ws_options.max_receive_queue = 0
+app.ws_options.media_handlers[WebSocketPayloadType.TEXT] = AsIs()
+app.ws_options.media_handlers[WebSocketPayloadType.BINARY] = AsIs()
+app.add_route("/", WebSocketAPI())
+app.add_route("/chat", ChatResource(room))
+app.add_route("/health", HealthResource(room))
+app.add_static_route("/client", CLIENT_DIR, fallback_filename="index.html")
+
+
+def main():
+    """Serve the app with uvicorn, every WebSocket setting spelled out."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    # Loopback by default: the post's 0.0.0.0 exposes the server to the network.
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    args = parser.parse_args()
+    print(f"step03: serving ws://{args.host}:{args.port}/ and /chat, "
+          f"client at http://{args.host}:{args.port}/client/", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        ws="websockets-sansio",
+        ws_max_size=ECHO_MAX_MESSAGE_SIZE,
+        ws_ping_interval=PING_INTERVAL,
+        ws_ping_timeout=PING_TIMEOUT,
+        timeout_graceful_shutdown=3,
+    )
+
+
+if __name__ == "__main__":
+    main()
