@@ -43,9 +43,7 @@
 
   // ---- Small helpers ----
 
-  function chosenEndpoint() {
-    return $('endpoint-chat').checked ? 'chat' : 'echo';
-  }
+  const chosenEndpoint = () => ($('endpoint-chat').checked ? 'chat' : 'echo');
 
   // The server URL with its path replaced by the endpoint; throws if invalid.
   function socketUrl(endpoint) {
@@ -61,13 +59,9 @@
   }
 
   // Same address over plain HTTP, used to probe a server that refused the websocket.
-  function httpUrlFor(wsUrl) {
-    return wsUrl.replace(/^ws(s?):/, 'http$1:');
-  }
+  const httpUrlFor = (wsUrl) => wsUrl.replace(/^ws(s?):/, 'http$1:');
 
-  function setStatus(text) {
-    statusEl.textContent = text;
-  }
+  const setStatus = (text) => { statusEl.textContent = text; };
 
   // kind is one of: sent, received, system, error (also the CSS class).
   function log(kind, text) {
@@ -82,11 +76,6 @@
   function updateButtons() {
     connectBtn.disabled = socket !== null;
     disconnectBtn.disabled = socket === null && reconnectTimer === null;
-  }
-
-  // 0.5 s, 1 s, 2 s, 4 s, 8 s, then 10 s for every further attempt.
-  function nextDelay() {
-    return Math.min(500 * 2 ** attempt, 10000);
   }
 
   // ---- Connecting, closing and reconnecting ----
@@ -150,7 +139,7 @@
   }
 
   function scheduleReconnect() {
-    const delay = nextDelay();
+    const delay = Math.min(500 * 2 ** attempt, 10000); // 0.5 s, 1 s, 2 s … 10 s
     attempt += 1;
     reconnectTimer = setTimeout(() => { reconnectTimer = null; open(); }, delay);
     updateButtons();
@@ -207,12 +196,8 @@
   // ---- Chat: the server sends JSON objects with a "type" ----
 
   function handleChat(raw) {
-    let msg;
-    try {
-      msg = JSON.parse(raw);
-    } catch (err) {
-      msg = null;
-    }
+    let msg = null;
+    try { msg = JSON.parse(raw); } catch (err) { /* reported just below */ }
     if (!msg || typeof msg !== 'object' || typeof msg.type !== 'string') {
       log('error', 'unreadable message from server: ' + raw);
       return;
@@ -247,16 +232,16 @@
 
   function send() {
     const text = messageInput.value;
+    messageInput.focus(); // stay in the box, even after clicking Send
     if (text === '') return;
     if (!socket || socket.readyState !== WebSocket.OPEN) {
-      log('system', 'Not connected: message not sent.');
+      log('system', 'Not connected: message not sent.'); // text stays in the box
       return;
     }
     // Both endpoints take plain text; in chat the server's broadcast is the log entry.
     socket.send(text);
     if (mode === 'echo') log('sent', '→ ' + text);
     messageInput.value = '';
-    messageInput.focus();
   }
 
   // ---- Wiring ----

@@ -1,0 +1,148 @@
+"""Fixtures: each step as a real server process on a free loopback port."""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+STARTUP_TIMEOUT = 15  # seconds for a server to answer /health
+
+# How to start each server: its folder and its command line (with {port}).
+SERVERS = {
+    "step01": ("step01_http", [PYTHON, "app.py"]),
+    "step02": ("step02_ws_gevent", [PYTHON, "wsgi.py", "--port", "{port}"]),
+    "step02-gunicorn": (
+        "step02_ws_gevent",
+        [str(BIN / "gunicorn"), "--worker-class", "handler.Worker",
+         "--bind", "127.0.0.1:{port}", "--graceful-timeout", "3", "app:app"],
+    ),
+    "step03": ("step03_ws_asgi", [PYTHON, "app.py", "--port", "{port}"]),
+}
+WEBSOCKET_SERVERS = ["step02", "step02-gunicorn", "step03"]
+
+
+def free_port():
+    """Ask the kernel for a loopback port nobody is using."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_module(name, path):
+    """Import a step's app.py under a unique name (every step has an app.py)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Server:
+    """A server process on a free port, started and stopped by a test."""
+
+    def __init__(self, name, cwd, command, env=None):
+        self.name = name
+        self.cwd = ROOT / cwd
+        self.port = free_port()
+        self.command = [part.format(port=self.port) for part in command]
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
+        self.process = None
+        self.log = None
+
+    @property
+    def http_url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self):
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, wait=True):
+        """Start the process; with wait, return once /health answers."""
+        # A file, not a pipe: a chatty server must never block on a full pipe.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            self.command, cwd=self.cwd, env=self.env,
+            stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self):
+        """Poll /health until it answers 200, failing if the process dies first."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
+            try:
+                if self.health()["status"] == "ok":
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not answer /health in {STARTUP_TIMEOUT} s")
+
+    def health(self):
+        """GET /health and return its JSON."""
+        with urllib.request.urlopen(self.http_url + "/health", timeout=2) as response:
+            return json.load(response)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Signal the process group and wait for it; return the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process and self.process.returncode
+        os.killpg(self.process.pid, sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            raise
+
+    def output(self):
+        """What the process has printed so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@pytest.fixture
+def make_server():
+    """Start any step (by name, or cwd and command) and stop it after the test."""
+    started = []
+
+    def start(name, cwd=None, command=None, env=None, wait=True):
+        if cwd is None:
+            cwd, command = SERVERS[name]
+        server = Server(name, cwd, command, env)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        try:
+            server.stop(signal.SIGKILL)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@pytest.fixture(params=WEBSOCKET_SERVERS)
+def server(request, make_server):
+    """Each WebSocket step in turn: step02 (wsgi.py), step02 under gunicorn, step03."""
+    return make_server(request.param)
+
+
+@pytest.fixture
+def step01_server(make_server):
+    return make_server("step01")

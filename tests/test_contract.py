@@ -1,0 +1,151 @@
+"""The contract step02 (wsgi.py and gunicorn) and step03 (uvicorn) both keep.
+
+Each test runs once per server, a real process on a free port, driven over real
+sockets by the `websockets` library.
+"""
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.sync.client import connect
+
+TIMEOUT = 5
+
+
+def open_ws(server, path="/", **kwargs):
+    """Connect to the server with timeouts, so a silent server fails the test."""
+    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
+
+
+def receive_event(ws):
+    """Receive one chat event, parsed from JSON."""
+    return json.loads(ws.recv(timeout=TIMEOUT))
+
+
+def test_echoes_text(server):
+    with open_ws(server) as ws:
+        ws.send("Hello, Falcon! ✓")
+        assert ws.recv(timeout=TIMEOUT) == "Hello, Falcon! ✓"
+
+
+def test_echoes_binary(server):
+    payload = bytes(range(256))
+    with open_ws(server) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=TIMEOUT) == payload
+
+
+def test_echoes_a_one_mebibyte_message(server):
+    payload = bytes(range(256)) * 4096
+    with open_ws(server) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=TIMEOUT) == payload
+
+
+def test_echoes_messages_in_order(server):
+    with open_ws(server) as ws:
+        for number in range(100):
+            ws.send(str(number))
+        assert [ws.recv(timeout=TIMEOUT) for _ in range(100)] == [str(n) for n in range(100)]
+
+
+def test_client_close_is_answered_with_1000(server):
+    with open_ws(server) as ws:
+        ws.send("bye")
+        ws.recv(timeout=TIMEOUT)
+    # Both close frames carry 1000: the one we sent and the server's answer.
+    assert ws.protocol.close_sent.code == 1000
+    assert ws.protocol.close_rcvd.code == 1000
+
+
+def test_plain_get_answers_426_with_the_posts_text(server):
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(server.http_url + "/", timeout=TIMEOUT)
+    response = raised.value
+    assert response.code == 426
+    assert response.headers["Upgrade"] == "websocket"
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.read().decode().startswith("This endpoint is for Websockets only.")
+
+
+def test_health_answers_ok(server):
+    assert server.health() == {"status": "ok", "chat_clients": 0}
+
+
+def test_serves_the_client(server):
+    with urllib.request.urlopen(server.http_url + "/client/", timeout=TIMEOUT) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "<title>Falcon WebSocket client</title>" in response.read().decode()
+
+
+def test_chat_welcomes_a_client_with_its_id(server):
+    with open_ws(server, "/chat") as ws:
+        welcome = receive_event(ws)
+    assert welcome["type"] == "welcome"
+    assert welcome["count"] == 1
+    assert welcome["id"]
+
+
+def test_chat_among_three_clients_with_a_leave(server):
+    with open_ws(server, "/chat") as alice, open_ws(server, "/chat") as bob:
+        alice_id = receive_event(alice)["id"]
+        assert receive_event(alice) == {"type": "join", "id": receive_event(bob)["id"], "count": 2}
+        with open_ws(server, "/chat") as carol:
+            carol_id = receive_event(carol)["id"]
+            for ws in (alice, bob):
+                assert receive_event(ws) == {"type": "join", "id": carol_id, "count": 3}
+
+            alice.send("hello, room")
+            expected = {"type": "message", "id": alice_id, "text": "hello, room"}
+            # Everyone gets it, the sender included.
+            for ws in (alice, bob, carol):
+                assert receive_event(ws) == expected
+        for ws in (alice, bob):
+            assert receive_event(ws) == {"type": "leave", "id": carol_id, "count": 2}
+        assert server.health()["chat_clients"] == 2
+
+
+def test_chat_keeps_each_senders_order(server):
+    with open_ws(server, "/chat") as alice, open_ws(server, "/chat") as bob:
+        receive_event(alice), receive_event(alice), receive_event(bob)
+        for number in range(50):
+            alice.send(f"message {number}")
+        texts = [receive_event(bob)["text"] for _ in range(50)]
+        assert texts == [f"message {number}" for number in range(50)]
+
+
+def test_chat_answers_an_empty_message_with_an_error(server):
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        ws.send("   ")
+        event = receive_event(ws)
+        assert event["type"] == "error"
+        # The connection stays usable.
+        ws.send("still here")
+        assert receive_event(ws)["text"] == "still here"
+
+
+def test_chat_closes_a_binary_message_with_1003(server):
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        ws.send(b"\x00binary")
+        with pytest.raises(ConnectionClosedError):
+            ws.recv(timeout=TIMEOUT)
+    assert ws.protocol.close_rcvd.code == 1003
+
+
+def test_refuses_a_foreign_origin_with_403(server):
+    with pytest.raises(InvalidStatus) as raised:
+        open_ws(server, origin="http://evil.example")
+    assert raised.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:8000", "http://127.0.0.1:5173", "null"])
+def test_accepts_the_development_origins(server, origin):
+    with open_ws(server, origin=origin) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=TIMEOUT) == "hi"
