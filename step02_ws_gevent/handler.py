@@ -10,7 +10,10 @@ import fnmatch
 import os
 import socket
 import struct
+import time
+import weakref
 
+import gevent
 from gevent.lock import Semaphore
 from geventwebsocket import WebSocketError
 from geventwebsocket import websocket as upstream
@@ -26,6 +29,13 @@ ALLOWED_ORIGINS = os.environ.get("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS).spl
 # The largest message a client may send unless the app sets another limit.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
 
+# gevent-websocket never pings, so a peer that vanished without a FIN stays forever.
+PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
+PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
+
+# Every open WebSocket, so that shutdown can say goodbye (1001) to each.
+open_websockets = weakref.WeakSet()
+
 
 def origin_allowed(origin):
     """Tell whether a handshake's Origin header may open a WebSocket."""
@@ -33,6 +43,12 @@ def origin_allowed(origin):
     if origin is None:
         return True
     return any(fnmatch.fnmatchcase(origin, pattern.strip()) for pattern in ALLOWED_ORIGINS)
+
+
+def close_all(code, reason):
+    """Close every open WebSocket with the same code."""
+    for ws in list(open_websockets):
+        ws.close(code, reason)
 
 
 def unmask(payload, mask):
@@ -56,10 +72,13 @@ class WebSocket(upstream.WebSocket):
         self.message_size = 0
         # Frames written from two greenlets (a reply and a broadcast) must not interleave.
         self.write_lock = Semaphore()
+        self.last_heard = time.monotonic()
+        open_websockets.add(self)
 
     def read_frame(self):
         """Read one frame, refusing it before its payload if the message grows too big."""
         header = upstream.Header.decode_header(self.stream)
+        self.last_heard = time.monotonic()
         if header.flags:
             raise ProtocolError("reserved bits set without an extension")
         if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
@@ -114,9 +133,22 @@ class WebSocket(upstream.WebSocket):
         finally:
             self.closed = True
 
+    def keep_alive(self):
+        """Ping the peer every PING_INTERVAL; drop it if nothing came back in PING_TIMEOUT."""
+        while not self.closed:
+            gevent.sleep(PING_INTERVAL)
+            try:
+                self.send_frame(b"", self.OPCODE_PING)
+            except OSError:
+                return
+            gevent.sleep(PING_TIMEOUT)
+            if time.monotonic() - self.last_heard > PING_TIMEOUT:
+                self.logger.info("no pong in %s s: dropping %s", PING_TIMEOUT, self.handler.client_address)
+                self.abort()
+
     def abort(self):
         """Drop the TCP connection at once, for a peer that stopped reading."""
-        self.closed = True
+        # The greenlet reading this socket then sees it end, and cleans up.
         try:
             self.handler.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -145,8 +177,21 @@ class Handler(WebSocketHandler):
             self.environ["wsgi.websocket"] = self.websocket
         return result
 
+    def run_websocket(self):
+        """Run the app on the WebSocket, pinging the peer meanwhile."""
+        pinger = gevent.spawn(self.websocket.keep_alive)
+        try:
+            super().run_websocket()
+        finally:
+            pinger.kill()
+
 
 class Worker(GeventWebSocketWorker):
     """gunicorn's gevent worker serving WebSockets through `Handler`."""
 
     wsgi_handler = Handler
+
+    def handle_exit(self, sig, frame):
+        """On SIGTERM, close every WebSocket with 1001, then let gunicorn stop gracefully."""
+        gevent.spawn(close_all, 1001, "server shutting down")
+        super().handle_exit(sig, frame)

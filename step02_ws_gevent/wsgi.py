@@ -13,7 +13,7 @@ import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from app import app  # noqa: E402
-from handler import Handler  # noqa: E402
+from handler import Handler, close_all  # noqa: E402
 
 SHUTDOWN_TIMEOUT = 3  # seconds given to clients to answer our close frame
 
@@ -30,8 +30,7 @@ def main():
 
     def shut_down():
         """Tell every WebSocket client we are going away, then stop."""
-        for client in list(getattr(server, "clients", {}).values()):
-            client.ws.close(1001, "server shutting down")
+        close_all(1001, "server shutting down")
         server.stop(timeout=SHUTDOWN_TIMEOUT)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import fnmatch
 import json
 import os
@@ -23,8 +24,8 @@ CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes; a bigger message is closed with 100
 CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
 OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
 SEND_TIMEOUT = 5  # seconds one send may block before the client is dropped
-PING_INTERVAL = 20  # seconds between uvicorn's pings
-PING_TIMEOUT = 20  # seconds without a pong before uvicorn drops the peer
+PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
+PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
 
 # Browsers send Origin; a page on another site must not use its visitor's browser
 # to talk to us. The default suits development: pages on localhost and file:// ("null").
@@ -61,6 +62,30 @@ class OriginCheck:
             raise falcon.HTTPForbidden(description="Origin not allowed.")
 
 
+class OpenWebSockets:
+    """Every accepted WebSocket, so that shutdown can say goodbye (1001) to each."""
+
+    def __init__(self):
+        self.sockets = set()
+
+    @contextlib.contextmanager
+    def track(self, ws):
+        """Remember ws while the block runs."""
+        self.sockets.add(ws)
+        try:
+            yield
+        finally:
+            self.sockets.discard(ws)
+
+    async def close_all(self, code, reason):
+        """Close every open WebSocket with the same code."""
+        closing = [ws.close(code, reason) for ws in list(self.sockets) if not ws.closed]
+        await asyncio.gather(*closing, return_exceptions=True)
+
+
+open_websockets = OpenWebSockets()
+
+
 class AsIs(falcon.media.TextBaseHandlerWS, falcon.media.BinaryBaseHandlerWS):
     """A media handler that leaves payloads as they are (str for text, bytes for binary)."""
 
@@ -79,16 +104,17 @@ class WebSocketAPI:
 
     async def on_websocket(self, req, ws):
         await ws.accept()
-        try:
-            while True:
-                # receive_media() takes text or binary; AsIs keeps it unchanged.
-                message = await ws.receive_media()
-                if isinstance(message, str):
-                    await ws.send_text(message)
-                else:
-                    await ws.send_data(message)
-        except WebSocketDisconnected:
-            return  # The client closed or vanished; uvicorn has answered it.
+        with open_websockets.track(ws):
+            try:
+                while True:
+                    # receive_media() takes text or binary; AsIs keeps it unchanged.
+                    message = await ws.receive_media()
+                    if isinstance(message, str):
+                        await ws.send_text(message)
+                    else:
+                        await ws.send_data(message)
+            except WebSocketDisconnected:
+                return  # The client closed or vanished; uvicorn has answered it.
 
 
 class ChatClient:
@@ -163,15 +189,22 @@ class ChatResource:
 
     async def on_websocket(self, req, ws):
         await ws.accept()
+        with open_websockets.track(ws):
+            await self.chat(ws)
+
+    async def chat(self, ws):
+        """Relay this client's messages to the room until it leaves."""
         client = ChatClient(ws)
         writer = asyncio.create_task(client.deliver())
         self.room.join(client)
         try:
             while True:
-                text = (await ws.receive_text()).strip()
-                if len(text.encode()) > CHAT_MAX_MESSAGE_SIZE:
+                message = await ws.receive_text()
+                # uvicorn reads up to ws_max_size; the chat's own limit is smaller.
+                if len(message.encode()) > CHAT_MAX_MESSAGE_SIZE:
                     await ws.close(1009, f"message over {CHAT_MAX_MESSAGE_SIZE} bytes")
                     break
+                text = message.strip()
                 if not text or len(text) > CHAT_MAX_TEXT_LENGTH:
                     error = f"a chat message has 1 to {CHAT_MAX_TEXT_LENGTH} characters"
                     client.post({"type": "error", "error": error})
@@ -209,6 +242,14 @@ app.add_route("/health", HealthResource(room))
 app.add_static_route("/client", CLIENT_DIR, fallback_filename="index.html")
 
 
+class Server(uvicorn.Server):
+    """uvicorn, except that clients hear 1001 (going away) at shutdown, not 1012."""
+
+    async def shutdown(self, sockets=None):
+        await open_websockets.close_all(1001, "server shutting down")
+        await super().shutdown(sockets)
+
+
 def main():
     """Serve the app with uvicorn, every WebSocket setting spelled out."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -218,7 +259,7 @@ def main():
     args = parser.parse_args()
     print(f"step03: serving ws://{args.host}:{args.port}/ and /chat, "
           f"client at http://{args.host}:{args.port}/client/", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -228,6 +269,7 @@ def main():
         ws_ping_timeout=PING_TIMEOUT,
         timeout_graceful_shutdown=3,
     )
+    Server(config).run()
 
 
 if __name__ == "__main__":

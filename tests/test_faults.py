@@ -1,0 +1,149 @@
+"""Faults: stuck readers, vanished peers, churn and shutdown do not hurt anyone else."""
+
+import base64
+import json
+import os
+import random
+import socket
+import struct
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+TIMEOUT = 5
+
+
+def open_ws(server, path="/"):
+    """Connect with timeouts, so a silent server fails the test."""
+    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT)
+
+
+def raw_handshake(server, path, receive_buffer=None):
+    """Open a WebSocket with a bare TCP socket that we control byte by byte."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def wait_for(condition, timeout, message):
+    """Poll condition() until it is true, or fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    pytest.fail(message)
+
+
+def read_until_eof(sock, timeout):
+    """Drain sock; True if the server closed it within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 16):
+                return True
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def process_rss_kib(server):
+    """Resident memory of the server, its gunicorn worker included, in KiB."""
+    pids = [server.process.pid]
+    children = f"/proc/{server.process.pid}/task/{server.process.pid}/children"
+    with open(children) as file:
+        pids += [int(pid) for pid in file.read().split()]
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as file:
+            total += next(int(line.split()[1]) for line in file if line.startswith("VmRSS"))
+    return total
+
+
+def test_sigterm_closes_every_client_with_1001(server):
+    with open_ws(server, "/") as echo, open_ws(server, "/chat") as chat:
+        chat.recv(timeout=TIMEOUT)
+        started = time.monotonic()
+        server.stop()
+        for ws in (echo, chat):
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    ws.recv(timeout=TIMEOUT)
+            assert ws.protocol.close_rcvd.code == 1001
+    assert server.process.wait(timeout=5) is not None
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_stops_reading_does_not_stall_the_chat(server):
+    stuck = raw_handshake(server, "/chat", receive_buffer=4096)
+    with open_ws(server, "/chat") as sender, open_ws(server, "/chat") as listener:
+        wait_for(lambda: server.health()["chat_clients"] == 3, TIMEOUT, "clients did not join")
+        listener.recv(timeout=TIMEOUT)
+        text = "x" * 1990
+        # 10 MB: more than the stuck client's socket buffers (4 MiB here) and outbox hold.
+        for number in range(5000):
+            sender.send(f"{number} {text}")
+            # The others keep receiving while the stuck client is not reading.
+            for ws in (sender, listener):
+                while (event := json.loads(ws.recv(timeout=TIMEOUT)))["type"] != "message":
+                    pass
+                assert event["text"].startswith(f"{number} ")
+        # The stuck client has been dropped, and its socket shut down.
+        wait_for(lambda: server.health()["chat_clients"] == 2, 15, "stuck client was not dropped")
+    assert read_until_eof(stuck, timeout=15), "the stuck client's socket was left open"
+    stuck.close()
+
+
+@pytest.mark.parametrize("step", ["step02", "step02-gunicorn", "step03"])
+def test_a_silent_peer_is_dropped_after_the_ping_timeout(make_server, step):
+    server = make_server(step, env={"PING_INTERVAL": "1", "PING_TIMEOUT": "1"})
+    # This peer completes the handshake, then never reads and never answers a ping.
+    silent = raw_handshake(server, "/chat")
+    wait_for(lambda: server.health()["chat_clients"] == 1, TIMEOUT, "peer did not join")
+    wait_for(lambda: server.health()["chat_clients"] == 0, 10, "silent peer was not dropped")
+    silent.close()
+
+
+@pytest.mark.timeout(180)
+def test_churn_leaves_an_empty_room_and_bounded_memory(server):
+    rng = random.Random(6455)
+
+    def cycle():
+        if rng.random() < 0.5:
+            with open_ws(server, "/chat") as ws:
+                ws.recv(timeout=TIMEOUT)
+                ws.send("hi")
+        else:
+            # Reset the TCP connection in the middle of a frame.
+            sock = raw_handshake(server, rng.choice(["/", "/chat"]))
+            sock.sendall(struct.pack("!BBH", 0x81, 0xFE, 1000) + os.urandom(4) + b"half")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+    for _ in range(500):
+        cycle()
+    wait_for(lambda: server.health()["chat_clients"] == 0, 10, "room not empty after warm-up")
+    warm = process_rss_kib(server)
+    for _ in range(1500):
+        cycle()
+    wait_for(lambda: server.health()["chat_clients"] == 0, 10, "room not empty after churn")
+    # 1,500 more cycles may not keep memory: allow allocator noise, not a leak.
+    assert process_rss_kib(server) - warm < 20 * 1024
