@@ -28,6 +28,7 @@ ALLOWED_ORIGINS = os.environ.get("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS).spl
 
 # The largest message a client may send unless the app sets another limit.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
+CLOSE_TIMEOUT = 3  # seconds a client that broke the rules gets to stop sending
 
 # gevent-websocket never pings, so a peer that vanished without a FIN stays forever.
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
@@ -51,12 +52,19 @@ def close_all(code, reason):
         ws.close(code, reason)
 
 
-def unmask(payload, mask):
-    """XOR a client's payload with its 4-byte mask, as one big integer in C."""
-    length = len(payload)
-    key = (mask * (length // 4 + 1))[:length]
-    data = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
-    return data.to_bytes(length, "little")
+try:
+    # websockets, installed for step03, does this XOR in C: 1 MiB in 0.02 ms, not 5.
+    from websockets.speedups import apply_mask as unmask
+except ImportError:
+    # XOR_TABLES[k] maps every byte to itself XOR k, for bytes.translate().
+    XOR_TABLES = [bytes(byte ^ k for byte in range(256)) for k in range(256)]
+
+    def unmask(payload, mask):
+        """XOR a client's payload with its 4-byte mask; every 4th byte shares a mask byte."""
+        data = bytearray(payload)
+        for i in range(4):
+            data[i::4] = data[i::4].translate(XOR_TABLES[mask[i]])
+        return bytes(data)
 
 
 class MessageTooBig(ProtocolError):
@@ -97,6 +105,11 @@ class WebSocket(upstream.WebSocket):
     def validate_utf8(self, payload):
         """Skip the pure-Python validator: decoding the whole message checks it in C."""
 
+    def _decode_bytes(self, payload):
+        """Decode a text message; receive() closes with 1007 and a reason if it is not UTF-8."""
+        # Upstream closes here itself, with no reason, before receive() can.
+        return payload.decode()
+
     def receive(self):
         """Return the next message, or None once the connection is over."""
         if self.closed:
@@ -104,15 +117,29 @@ class WebSocket(upstream.WebSocket):
         try:
             return self.read_message()
         except MessageTooBig as error:
-            self.close(1009, str(error))
+            self.fail(1009, str(error))
         except UnicodeError:
-            self.close(1007, "invalid UTF-8 in a text message")
+            self.fail(1007, "invalid UTF-8 in a text message")
         except ProtocolError as error:
-            self.close(1002, str(error) or "protocol error")
+            self.fail(1002, str(error) or "protocol error")
         except OSError:
             # The peer went away (WebSocketError is an OSError too): nothing to answer.
             self.close(1006)
         return None
+
+    def fail(self, code, reason):
+        """Close on a client's error, then discard what it still sends until it hangs up."""
+        self.close(code, reason)
+        # Hanging up on unread bytes makes the kernel send a reset, which can destroy
+        # our close frame before the client reads it: it would never learn the code.
+        sock = self.handler.socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(CLOSE_TIMEOUT, False):
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
 
     def send_frame(self, message, opcode):
         """Send one frame, never interleaved with another greenlet's frame."""

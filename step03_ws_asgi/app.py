@@ -133,11 +133,25 @@ class ChatClient:
         except asyncio.QueueFull:
             return False
 
+    async def send_queued(self, message):
+        """Send message and all queued behind it; False once the end marker comes."""
+        while message is not None:
+            await self.ws.send_text(message)
+            if self.outbox.empty():
+                return True
+            message = self.outbox.get_nowait()
+        return False
+
     async def deliver(self):
         """Send queued events until the connection ends; drop the client if it stalls."""
         try:
-            while (message := await self.outbox.get()) is not None:
-                await asyncio.wait_for(self.ws.send_text(message), SEND_TIMEOUT)
+            while True:
+                message = await self.outbox.get()
+                # One timeout for the whole queue, not one per message: before Python 3.12
+                # each wait_for() runs a task, and 1,000 clients joining at once then
+                # overflow every outbox.
+                if not await asyncio.wait_for(self.send_queued(message), SEND_TIMEOUT):
+                    return
         except (WebSocketDisconnected, asyncio.TimeoutError):
             self.abort()
 

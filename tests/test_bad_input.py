@@ -1,0 +1,214 @@
+"""Bad input: oversized, malformed or hostile frames close that client only, with the right code.
+
+Frames the `websockets` library refuses to send are written by hand on a raw socket.
+"""
+
+import base64
+import json
+import os
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import WEBSOCKET_SERVERS
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+TIMEOUT = 5
+OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
+ECHO_LIMIT = 16 * 2**20  # bytes, on "/"
+CHAT_LIMIT = 64 * 2**10  # bytes, on /chat
+
+
+def open_ws(server, path="/", **kwargs):
+    """Connect with timeouts, so a silent server fails the test."""
+    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
+
+
+def receive_event(ws):
+    """Receive one chat event, parsed from JSON."""
+    return json.loads(ws.recv(timeout=TIMEOUT))
+
+
+def assert_echo_works(server):
+    """A new client on "/" still gets its message back."""
+    with open_ws(server) as ws:
+        ws.send("still serving")
+        assert ws.recv(timeout=TIMEOUT) == "still serving"
+
+
+def raw_handshake(server, path="/"):
+    """Open a WebSocket on a bare TCP socket, to write any bytes we like."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode()
+    )
+    response = b""
+    # Byte by byte: what follows the headers is the first frame, not ours to eat.
+    while not response.endswith(b"\r\n\r\n") and len(response) < 4096:
+        byte = sock.recv(1)
+        if not byte:
+            break
+        response += byte
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, length=None):
+    """Build one client frame; length may claim more bytes than the payload has."""
+    length = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = struct.pack("!BB", first, mask_bit | length)
+    elif length < 2**16:
+        header = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def read_exactly(sock, size):
+    """Read size bytes, failing if the server hangs up first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"connection closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def read_close_code(sock):
+    """Read server frames until a close frame; return its code (None if it has none)."""
+    for _ in range(100):
+        first, second = read_exactly(sock, 2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", read_exactly(sock, 2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", read_exactly(sock, 8))[0]
+        # Server frames are never masked.
+        payload = read_exactly(sock, length)
+        if first & 0x0F == OPCODE_CLOSE:
+            return struct.unpack("!H", payload[:2])[0] if payload else None
+    pytest.fail("no close frame in 100 frames")
+
+
+def server_rss_kib(server):
+    """Resident memory of the process serving WebSockets: gunicorn's worker, not its master."""
+    pid = server.process.pid
+    if server.name == "step02-gunicorn":
+        # /proc/<pid>/stat: "pid (name) state ppid ..."; the name may hold spaces.
+        children = [
+            int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and parent_pid(entry) == pid
+        ]
+        assert len(children) == 1, f"expected one gunicorn worker, found {children}"
+        pid = children[0]
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    pytest.fail(f"no VmRSS for process {pid}")
+
+
+def parent_pid(proc_entry):
+    """The parent pid of a /proc/<pid> entry, or None if the process is gone."""
+    try:
+        stat = (proc_entry / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_echo_closes_a_message_over_16_mib_with_1009(server):
+    with open_ws(server, max_size=None) as ws:
+        try:
+            ws.send(bytes(ECHO_LIMIT + 1))
+            ws.recv(timeout=TIMEOUT)
+        except ConnectionClosed:
+            pass  # The server may hang up before we have sent it all.
+    assert ws.protocol.close_rcvd is not None, "the server sent no close frame"
+    assert ws.protocol.close_rcvd.code == 1009
+    assert_echo_works(server)
+
+
+def test_chat_closes_a_message_over_64_kib_with_1009(server):
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        try:
+            ws.send("x" * (CHAT_LIMIT + 1))
+            ws.recv(timeout=TIMEOUT)
+        except ConnectionClosed:
+            pass
+    assert ws.protocol.close_rcvd is not None, "the server sent no close frame"
+    assert ws.protocol.close_rcvd.code == 1009
+    # The room still works for the next client.
+    with open_ws(server, "/chat") as ws:
+        assert receive_event(ws)["count"] == 1
+        ws.send("still serving")
+        assert receive_event(ws)["text"] == "still serving"
+
+
+def test_closes_a_1_gib_frame_header_with_1009_without_growing(server):
+    sock = raw_handshake(server)
+    with sock:
+        before = server_rss_kib(server)
+        # The header promises 1 GiB; only 8 bytes follow.
+        sock.sendall(frame(OPCODE_BINARY, length=2**30) + b"x" * 8)
+        # The socket's timeout bounds the wait: the close must come without the payload.
+        assert read_close_code(sock) == 1009
+        after = server_rss_kib(server)
+    assert after - before < 32 * 1024, f"RSS grew from {before} KiB to {after} KiB"
+    assert_echo_works(server)
+
+
+def test_closes_invalid_utf8_text_with_1007(server):
+    with raw_handshake(server) as sock:
+        sock.sendall(frame(OPCODE_TEXT, b"caf\xc3("))
+        assert read_close_code(sock) == 1007
+
+
+def test_chat_answers_a_text_over_2000_characters_with_an_error(server):
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        ws.send("x" * 2001)
+        assert receive_event(ws)["type"] == "error"
+        # The connection stays usable.
+        ws.send("still here")
+        assert receive_event(ws)["text"] == "still here"
+
+
+PROTOCOL_ERRORS = {
+    "reserved-opcode": frame(0x3, b"hello"),
+    "rsv1-without-extension": frame(OPCODE_TEXT, b"hello", rsv=0x40),
+    "unmasked-client-frame": frame(OPCODE_TEXT, b"hello", masked=False),
+    "fragmented-ping": frame(OPCODE_PING, b"hello", fin=False),
+}
+
+
+@pytest.mark.parametrize("garbage", PROTOCOL_ERRORS.values(), ids=PROTOCOL_ERRORS.keys())
+def test_closes_a_protocol_error_with_1002(server, garbage):
+    with open_ws(server) as bystander, raw_handshake(server) as sock:
+        sock.sendall(garbage)
+        assert read_close_code(sock) == 1002
+        # A client already connected is still served.
+        bystander.send("still here")
+        assert bystander.recv(timeout=TIMEOUT) == "still here"
+
+
+@pytest.mark.parametrize("name", WEBSOCKET_SERVERS)
+def test_allowed_origins_replaces_the_default_origins(make_server, name):
+    server = make_server(name, env={"ALLOWED_ORIGINS": "https://app.example.com"})
+    with open_ws(server, origin="https://app.example.com") as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=TIMEOUT) == "hi"
+    with pytest.raises(InvalidStatus) as raised:
+        open_ws(server, origin="http://localhost:8000")
+    assert raised.value.response.status_code == 403
