@@ -170,7 +170,8 @@ class WebSocket(upstream.WebSocket):
                 return
             gevent.sleep(PING_TIMEOUT)
             if time.monotonic() - self.last_heard > PING_TIMEOUT:
-                self.logger.info("no pong in %s s: dropping %s", PING_TIMEOUT, self.handler.client_address)
+                peer = self.handler.client_address
+                self.logger.info("no pong in %s s: dropping %s", PING_TIMEOUT, peer)
                 self.abort()
 
     def abort(self):

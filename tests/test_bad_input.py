@@ -11,9 +11,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import WEBSOCKET_SERVERS
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
+
+from conftest import WEBSOCKET_SERVERS
 
 TIMEOUT = 5
 OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9

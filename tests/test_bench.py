@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ROOT
 
 BENCH_SERVERS = ["step02", "step02-gunicorn", "step03", "bare-asgi", "websockets"]

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import falcon.testing
 import pytest
-from conftest import BIN, PYTHON, ROOT, load_module
 from falcon.util.deprecation import DeprecatedWarning
 from packaging.requirements import Requirement
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
+
+from conftest import BIN, PYTHON, ROOT, load_module
 
 POST = "tests/post"
 TIMEOUT = 5  # seconds for any single connect or receive

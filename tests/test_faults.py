@@ -57,7 +57,7 @@ def read_until_eof(sock, timeout):
         try:
             if not sock.recv(1 << 16):
                 return True
-        except socket.timeout:
+        except TimeoutError:
             pass
         except ConnectionResetError:
             return True

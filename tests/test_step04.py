@@ -14,9 +14,10 @@ import sys
 import time
 
 import pytest
-from conftest import free_port
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
