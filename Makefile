@@ -40,9 +40,11 @@ step02: setup
 	cd step02_ws_gevent && ../$(BIN)/python wsgi.py --host $(HOST) --port $(PORT)
 
 # The post's `gunicorn wsgi:app` serves no WebSocket: gunicorn needs a gevent-websocket worker.
+# Each open WebSocket holds one of the worker's connections (1,000 by default).
 step02-gunicorn: setup
 	$(open_client)
-	cd step02_ws_gevent && ../$(BIN)/gunicorn --worker-class handler.Worker --bind $(HOST):$(PORT) --graceful-timeout 3 app:app
+	cd step02_ws_gevent && ../$(BIN)/gunicorn --worker-class handler.Worker --worker-connections 10000 \
+		--bind $(HOST):$(PORT) --graceful-timeout 3 app:app
 
 step03: setup
 	$(open_client)

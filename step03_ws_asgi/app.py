@@ -23,7 +23,7 @@ ECHO_MAX_MESSAGE_SIZE = 16 * 2**20  # bytes, uvicorn's default, enforced by uvic
 CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes; a bigger message is closed with 1009
 CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
 OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
-SEND_TIMEOUT = 5  # seconds one send may block before the client is dropped
+SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
 PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
 

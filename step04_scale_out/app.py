@@ -28,7 +28,7 @@ ECHO_MAX_MESSAGE_SIZE = 16 * 2**20  # bytes, uvicorn's default, enforced by uvic
 CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes; a bigger message is closed with 1009
 CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
 OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
-SEND_TIMEOUT = 5  # seconds one send may block before the client is dropped
+SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
 PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
 
@@ -150,11 +150,25 @@ class ChatClient:
         except asyncio.QueueFull:
             return False
 
+    async def send_queued(self, message):
+        """Send message and all queued behind it; False once the end marker comes."""
+        while message is not None:
+            await self.ws.send_text(message)
+            if self.outbox.empty():
+                return True
+            message = self.outbox.get_nowait()
+        return False
+
     async def deliver(self):
         """Send queued events until the connection ends; drop the client if it stalls."""
         try:
-            while (message := await self.outbox.get()) is not None:
-                await asyncio.wait_for(self.ws.send_text(message), SEND_TIMEOUT)
+            while True:
+                message = await self.outbox.get()
+                # One timeout for the whole queue, not one per message: before Python 3.12
+                # each wait_for() runs a task, and 1,000 clients joining at once then
+                # overflow every outbox.
+                if not await asyncio.wait_for(self.send_queued(message), SEND_TIMEOUT):
+                    return
         except (WebSocketDisconnected, asyncio.TimeoutError):
             self.abort()
 
