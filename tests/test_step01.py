@@ -1,9 +1,12 @@
 """step01: the post's resource over plain HTTP, in-process with falcon.testing."""
 
+import urllib.request
 import warnings
 
 import falcon.testing
 import pytest
+from websockets.exceptions import InvalidMessage
+from websockets.sync.client import connect
 
 from conftest import load_module
 
@@ -34,7 +37,11 @@ def test_starts_without_a_deprecation_warning():
 
 
 def test_serves_http_on_loopback(step01_server):
-    import urllib.request
-
     with urllib.request.urlopen(step01_server.http_url + "/", timeout=5) as response:
         assert response.read() == b"This endpoint is for Websockets only."
+
+
+def test_has_no_websocket(step01_server):
+    # wsgiref answers the handshake in HTTP/1.0, which no WebSocket client accepts.
+    with pytest.raises(InvalidMessage, match="did not receive a valid HTTP response"):
+        connect(step01_server.ws_url + "/", open_timeout=5)
