@@ -12,14 +12,12 @@ from pathlib import Path
 import falcon
 import falcon.asgi
 import falcon.media
-import redis.asyncio as redis
 import uvicorn
 from falcon import WebSocketDisconnected, WebSocketPayloadType
 from falcon.errors import PayloadTypeError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from rooms import UNAVAILABLE, RedisRoom, Room, log
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
@@ -31,17 +29,8 @@ OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
 SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
 PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
-
-# The backplane: with REDIS_URL set, every process shares one chat through Redis.
+# With REDIS_URL set, every process using that Redis shares one chat (rooms.py).
 REDIS_URL = os.environ.get("REDIS_URL")
-CHANNEL = "chat:events"  # pub/sub channel carrying every chat event as JSON
-MEMBERS = "chat:members"  # hash: client id -> id of the process it is connected to
-ALIVE = "chat:alive:"  # + process id: a key that expires unless the process renews it
-HEARTBEAT_INTERVAL = 2  # seconds between renewals (and sweeps for dead processes)
-PROCESS_TTL = 6  # seconds without renewal before a process and its clients are gone
-RETRY_DELAY = 1  # seconds between attempts to subscribe again while Redis is down
-SUBSCRIBE_WAIT = 5  # seconds the server waits at start for its subscription
-UNAVAILABLE = "chat backplane unavailable, message not delivered"
 
 # Browsers send Origin; a page on another site must not use its visitor's browser
 # to talk to us. The default suits development: pages on localhost and file:// ("null").
@@ -183,153 +172,6 @@ class ChatClient:
             await asyncio.wait_for(writer, SEND_TIMEOUT)
         except (asyncio.QueueFull, asyncio.TimeoutError):
             writer.cancel()
-
-
-def log(text):
-    """Print a line about the backplane, at once."""
-    print(f"step04: {text}", flush=True)
-
-
-class Room:
-    """Everyone connected to /chat: without Redis, that is this process's clients."""
-
-    def __init__(self):
-        self.clients = {}
-
-    async def join(self, client):
-        self.clients[client.id] = client
-        count = await self.add(client.id)
-        client.post({"type": "welcome", "id": client.id, "count": count})
-        client.welcomed = True
-        await self.publish({"type": "join", "id": client.id, "count": count})
-
-    async def leave(self, client):
-        if self.clients.pop(client.id, None) is not None:
-            await self.remove(client.id)
-
-    async def add(self, client_id):
-        """Count the chat with a newcomer in it."""
-        return len(self.clients)
-
-    async def remove(self, client_id):
-        """Tell everyone a client has gone."""
-        await self.publish({"type": "leave", "id": client_id, "count": len(self.clients)})
-
-    async def publish(self, event):
-        """Send an event to the whole chat, which here is this process."""
-        self.deliver(event)
-
-    def deliver(self, event):
-        """Queue an event for every client here; drop those whose outbox is full."""
-        # Iterate over a copy: dropping a client changes the dict.
-        for client in list(self.clients.values()):
-            # A newcomer hears nothing before its welcome, and not of its own join.
-            if not client.welcomed or (event["type"] == "join" and client.id == event["id"]):
-                continue
-            if not client.post(event):
-                client.abort()
-                del self.clients[client.id]
-                asyncio.ensure_future(self.remove(client.id))
-
-    async def process_startup(self, scope, event):
-        """Falcon calls this when the server starts (ASGI lifespan)."""
-
-    async def process_shutdown(self, scope, event):
-        """Falcon calls this when the server stops, after the clients are closed."""
-
-
-class RedisRoom(Room):
-    """Everyone connected to any process sharing one Redis.
-
-    Events go through a pub/sub channel that every process subscribes to; the
-    members are a hash that each process renews, so the dead ones can be swept.
-    """
-
-    def __init__(self, url):
-        super().__init__()
-        self.process = secrets.token_hex(4)
-        # One immediate retry on a new connection: enough once Redis has restarted.
-        self.redis = redis.from_url(url, decode_responses=True, socket_connect_timeout=2,
-                                    socket_timeout=5, retry=Retry(NoBackoff(), 1))
-        # Renewing the members and removing one must not interleave (see heartbeat()).
-        self.lock = asyncio.Lock()
-        self.subscribed = asyncio.Event()
-        self.tasks = []
-
-    async def add(self, client_id):
-        # MULTI/EXEC: the count is the hash right after this client joined.
-        async with self.redis.pipeline() as pipe:
-            _, count = await pipe.hset(MEMBERS, client_id, self.process).hlen(MEMBERS).execute()
-        return count
-
-    async def remove(self, client_id):
-        # Several processes may sweep the same client: only the one whose HDEL
-        # removed it announces the leave.
-        try:
-            async with self.lock, self.redis.pipeline() as pipe:
-                removed, count = await pipe.hdel(MEMBERS, client_id).hlen(MEMBERS).execute()
-            if removed:
-                await self.publish({"type": "leave", "id": client_id, "count": count})
-        except RedisError as error:
-            log(f"leave of {client_id} not announced yet ({error}); the sweep will retry")
-
-    async def publish(self, event):
-        # PUBLISH answers how many subscribers got the event: none means that not
-        # even this process is subscribed (yet), so nobody will see it.
-        if not await self.redis.publish(CHANNEL, json.dumps(event)):
-            raise RedisConnectionError("no process is subscribed to the chat")
-
-    async def listen(self):
-        """Deliver every process's events to the clients here; subscribe again after errors."""
-        while True:
-            try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    log("subscribed to the Redis channel")
-                    self.subscribed.set()
-                    async for message in pubsub.listen():
-                        self.deliver(json.loads(message["data"]))
-            except RedisError as error:
-                log(f"Redis unavailable ({error}); subscribing again in {RETRY_DELAY} s")
-                await asyncio.sleep(RETRY_DELAY)
-
-    async def heartbeat(self):
-        """Renew this process and its members, then sweep the dead, every few seconds."""
-        while True:
-            try:
-                # Registering the members again restores them after Redis restarts.
-                async with self.lock, self.redis.pipeline() as pipe:
-                    pipe.set(ALIVE + self.process, 1, ex=PROCESS_TTL)
-                    if self.clients:
-                        pipe.hset(MEMBERS, mapping=dict.fromkeys(self.clients, self.process))
-                    await pipe.execute()
-                await self.sweep()
-            except RedisError as error:
-                log(f"heartbeat failed ({error})")
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-
-    async def sweep(self):
-        """Remove the members of dead processes, and ours whose leave did not reach Redis."""
-        members = await self.redis.hgetall(MEMBERS)
-        others = set(members.values()) - {self.process}
-        alive = {owner for owner in others if await self.redis.exists(ALIVE + owner)}
-        for client_id, owner in members.items():
-            # Ours but gone: its leave missed Redis. Another's: its process died.
-            mine = owner == self.process
-            if (client_id not in self.clients) if mine else (owner not in alive):
-                await self.remove(client_id)
-
-    async def process_startup(self, scope, event):
-        self.tasks = [asyncio.create_task(self.listen()), asyncio.create_task(self.heartbeat())]
-        # Serve once subscribed, so the first clients hear the chat; but if Redis is
-        # down, serve anyway: the chat starts when Redis does.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.subscribed.wait(), SUBSCRIBE_WAIT)
-
-    async def process_shutdown(self, scope, event):
-        for task in self.tasks:
-            task.cancel()
-        await self.redis.aclose()
 
 
 class ChatResource:
