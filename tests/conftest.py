@@ -1,5 +1,6 @@
 """Fixtures: each step as a real server process on a free loopback port."""
 
+import base64
 import importlib.util
 import json
 import os
@@ -13,11 +14,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 STARTUP_TIMEOUT = 15  # seconds for a server to answer /health
+TIMEOUT = 5  # seconds for any single connect, receive or close in a test
 
 # How to start each server: its folder and its command line (with {port}).
 SERVERS = {
@@ -46,6 +49,41 @@ def load_module(name, path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def open_ws(server, path="/", **kwargs):
+    """Connect with timeouts, so a silent server fails the test instead of hanging it."""
+    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
+
+
+def receive_event(ws, timeout=TIMEOUT):
+    """Receive one chat event, parsed from JSON."""
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def raw_handshake(server, path="/", receive_buffer=None):
+    """Open a WebSocket on a bare TCP socket, to write (or not read) any bytes we like."""
+    sock = socket.socket()
+    if receive_buffer:
+        # Before connect(), so the small window is what the server sees.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode()
+    )
+    # Byte by byte: what follows the headers is the first frame, not ours to eat.
+    response = b""
+    while not response.endswith(b"\r\n\r\n") and len(response) < 4096:
+        byte = sock.recv(1)
+        if not byte:
+            break
+        response += byte
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
 
 
 class Server:

@@ -3,33 +3,22 @@
 Frames the `websockets` library refuses to send are written by hand on a raw socket.
 """
 
-import base64
-import json
 import os
-import socket
 import struct
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
 
-from conftest import WEBSOCKET_SERVERS
+from conftest import TIMEOUT, WEBSOCKET_SERVERS, open_ws, raw_handshake, receive_event
 
-TIMEOUT = 5
 OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
 ECHO_LIMIT = 16 * 2**20  # bytes, on "/"
 CHAT_LIMIT = 64 * 2**10  # bytes, on /chat
 
 
-def open_ws(server, path="/", **kwargs):
-    """Connect with timeouts, so a silent server fails the test."""
-    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
 
 
-def receive_event(ws):
-    """Receive one chat event, parsed from JSON."""
-    return json.loads(ws.recv(timeout=TIMEOUT))
 
 
 def assert_echo_works(server):
@@ -39,24 +28,6 @@ def assert_echo_works(server):
         assert ws.recv(timeout=TIMEOUT) == "still serving"
 
 
-def raw_handshake(server, path="/"):
-    """Open a WebSocket on a bare TCP socket, to write any bytes we like."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        .encode()
-    )
-    response = b""
-    # Byte by byte: what follows the headers is the first frame, not ours to eat.
-    while not response.endswith(b"\r\n\r\n") and len(response) < 4096:
-        byte = sock.recv(1)
-        if not byte:
-            break
-        response += byte
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
 
 
 def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, length=None):

@@ -4,25 +4,13 @@ Each test runs once per server, a real process on a free port, driven over real
 sockets by the `websockets` library.
 """
 
-import json
 import urllib.error
 import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
-from websockets.sync.client import connect
 
-TIMEOUT = 5
-
-
-def open_ws(server, path="/", **kwargs):
-    """Connect to the server with timeouts, so a silent server fails the test."""
-    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
-
-
-def receive_event(ws):
-    """Receive one chat event, parsed from JSON."""
-    return json.loads(ws.recv(timeout=TIMEOUT))
+from conftest import TIMEOUT, open_ws, receive_event
 
 
 def test_echoes_text(server):

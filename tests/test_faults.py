@@ -1,6 +1,5 @@
 """Faults: stuck readers, vanished peers, churn and shutdown do not hurt anyone else."""
 
-import base64
 import json
 import os
 import random
@@ -10,34 +9,8 @@ import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
-TIMEOUT = 5
-
-
-def open_ws(server, path="/"):
-    """Connect with timeouts, so a silent server fails the test."""
-    return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT)
-
-
-def raw_handshake(server, path, receive_buffer=None):
-    """Open a WebSocket with a bare TCP socket that we control byte by byte."""
-    sock = socket.socket()
-    if receive_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.settimeout(TIMEOUT)
-    sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        .encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
+from conftest import TIMEOUT, open_ws, raw_handshake
 
 
 def wait_for(condition, timeout, message):

@@ -82,6 +82,10 @@ def test_refuses_a_foreign_origin(conductor):
 
 
 def test_plain_get_answers_426(conductor):
-    result = falcon.testing.TestClient(step03.app).simulate_get("/")
+    async def scenario():
+        async with conductor as c:
+            return await c.simulate_get("/")
+
+    result = run(scenario())
     assert result.status_code == 426
     assert result.text.startswith("This endpoint is for Websockets only.")

@@ -5,7 +5,6 @@ loopback port; the clients are the `websockets` library.
 """
 
 import contextlib
-import json
 import shutil
 import signal
 import socket
@@ -17,14 +16,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import free_port
+from conftest import TIMEOUT, free_port, receive_event
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
 )
 
-TIMEOUT = 5  # seconds for one expected event
 QUIET = 2  # seconds of silence that show an event is not coming
 LEAVE_BOUND = 15  # seconds: the app promises 6 s expiry + 2 s sweep; the rest is slack
 RESUME_BOUND = 20  # seconds for the chat to work again once Redis is back
@@ -99,9 +97,6 @@ def open_chat():
         yield open_
 
 
-def receive_event(ws, timeout=TIMEOUT):
-    """Receive one chat event, parsed from JSON."""
-    return json.loads(ws.recv(timeout=timeout))
 
 
 def assert_silent(ws):
