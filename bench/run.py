@@ -43,8 +43,8 @@ SERVERS = {
 }
 
 # What each workload does, for a full run and for --quick.
-FULL = {"small_conns": 50, "small_seconds": 5, "large_conns": 2, "large_seconds": 4,
-        "warmup": 1, "idle_conns": 10_000, "fanout_clients": 1_000, "fanout_rounds": 5}
+FULL = {"small_conns": 50, "small_seconds": 3, "large_conns": 2, "large_seconds": 3,
+        "warmup": 1, "idle_conns": 10_000, "fanout_clients": 1_000, "fanout_rounds": 3}
 QUICK = {"small_conns": 10, "small_seconds": 0.5, "large_conns": 1, "large_seconds": 0.5,
          "warmup": 0.2, "idle_conns": 200, "fanout_clients": 40, "fanout_rounds": 2}
 SMALL_MESSAGE = "x" * 32
