@@ -283,7 +283,9 @@ def main():
         ws_ping_timeout=PING_TIMEOUT,
         timeout_graceful_shutdown=3,
     )
-    Server(config).run()
+    # uvicorn shuts down cleanly on Ctrl+C, then raises it again: no traceback for that.
+    with contextlib.suppress(KeyboardInterrupt):
+        Server(config).run()
 
 
 if __name__ == "__main__":
