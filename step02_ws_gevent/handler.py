@@ -223,3 +223,7 @@ class Worker(GeventWebSocketWorker):
         """On SIGTERM, close every WebSocket with 1001, then let gunicorn stop gracefully."""
         gevent.spawn(close_all, 1001, "server shutting down")
         super().handle_exit(sig, frame)
+
+    # Ctrl+C (SIGINT) and SIGQUIT too: gunicorn's quick shutdown would drop every
+    # client without a close frame, and print a traceback from a greenlet.
+    handle_quit = handle_exit

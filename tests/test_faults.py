@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import time
@@ -62,6 +63,20 @@ def test_sigterm_closes_every_client_with_1001(server):
             assert ws.protocol.close_rcvd.code == 1001
     assert server.process.wait(timeout=5) is not None
     assert time.monotonic() - started < 5
+
+
+def test_ctrl_c_stops_the_server_without_a_traceback(server):
+    with open_ws(server, "/chat") as chat:
+        chat.recv(timeout=TIMEOUT)
+        # Ctrl+C in a terminal sends SIGINT to the whole process group.
+        started = time.monotonic()
+        server.stop(signal.SIGINT)
+        assert time.monotonic() - started < 5
+        with pytest.raises(ConnectionClosed):
+            while True:
+                chat.recv(timeout=TIMEOUT)
+    assert chat.protocol.close_rcvd.code == 1001
+    assert "Traceback" not in server.output()
 
 
 @pytest.mark.timeout(120)
