@@ -139,7 +139,7 @@ class ChatResource:
         try:
             while (message := ws.receive()) is not None:
                 if not isinstance(message, str):
-                    ws.close(1003, "chat accepts text messages only")
+                    ws.fail(1003, "chat accepts text messages only")
                     break
                 text = message.strip()
                 if not text or len(text) > CHAT_MAX_TEXT_LENGTH:

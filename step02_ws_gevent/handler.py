@@ -29,6 +29,7 @@ ALLOWED_ORIGINS = os.environ.get("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS).spl
 # The largest message a client may send unless the app sets another limit.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
 CLOSE_TIMEOUT = 3  # seconds a client that broke the rules gets to stop sending
+SHUTDOWN_CLOSE_TIMEOUT = 1  # seconds shutdown waits for the close frames to go out
 
 # gevent-websocket never pings, so a peer that vanished without a FIN stays forever.
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
@@ -47,9 +48,11 @@ def origin_allowed(origin):
 
 
 def close_all(code, reason):
-    """Close every open WebSocket with the same code."""
-    for ws in list(open_websockets):
-        ws.close(code, reason)
+    """Close every open WebSocket with the same code, within SHUTDOWN_CLOSE_TIMEOUT."""
+    # One greenlet each: a client that stopped reading holds only its own close.
+    closing = [gevent.spawn(ws.close, code, reason) for ws in list(open_websockets)]
+    gevent.joinall(closing, timeout=SHUTDOWN_CLOSE_TIMEOUT)
+    gevent.killall(closing, block=False)
 
 
 try:
@@ -164,12 +167,16 @@ class WebSocket(upstream.WebSocket):
         """Ping the peer every PING_INTERVAL; drop it if nothing came back in PING_TIMEOUT."""
         while not self.closed:
             gevent.sleep(PING_INTERVAL)
+            pinged = time.monotonic()
             try:
-                self.send_frame(b"", self.OPCODE_PING)
+                # A peer that stopped reading can block the ping: that is no answer either.
+                with gevent.Timeout(PING_TIMEOUT, False):
+                    self.send_frame(b"", self.OPCODE_PING)
             except OSError:
                 return
-            gevent.sleep(PING_TIMEOUT)
-            if time.monotonic() - self.last_heard > PING_TIMEOUT:
+            gevent.sleep(max(0, pinged + PING_TIMEOUT - time.monotonic()))
+            # Any frame since the ping counts as an answer, the pong or a message.
+            if self.last_heard < pinged:
                 peer = self.handler.client_address
                 self.logger.info("no pong in %s s: dropping %s", PING_TIMEOUT, peer)
                 self.abort()

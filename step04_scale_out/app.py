@@ -27,6 +27,7 @@ CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes; a bigger message is closed with 100
 CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
 OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
 SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
+CLOSE_TIMEOUT = 1  # seconds shutdown waits for the close frames to go out
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
 PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
 # With REDIS_URL set, every process using that Redis shares one chat (rooms.py).
@@ -83,9 +84,15 @@ class OpenWebSockets:
             self.sockets.discard(ws)
 
     async def close_all(self, code, reason):
-        """Close every open WebSocket with the same code."""
-        closing = [ws.close(code, reason) for ws in list(self.sockets) if not ws.closed]
-        await asyncio.gather(*closing, return_exceptions=True)
+        """Close every open WebSocket with the same code, within CLOSE_TIMEOUT."""
+        closing = [asyncio.create_task(ws.close(code, reason))
+                   for ws in list(self.sockets) if not ws.closed]
+        if not closing:
+            return
+        # A client that stopped reading would hold its close (and us) forever.
+        _, stuck = await asyncio.wait(closing, timeout=CLOSE_TIMEOUT)
+        for task in stuck:
+            task.cancel()
 
 
 open_websockets = OpenWebSockets()
@@ -163,7 +170,14 @@ class ChatClient:
 
     def abort(self):
         """Close a client that stopped reading, without waiting on it."""
-        asyncio.ensure_future(self.ws.close(1008, "too slow to receive"))
+        self.closing = asyncio.create_task(self.close_stuck())
+
+    async def close_stuck(self):
+        """Send 1008 if the socket drains within SEND_TIMEOUT."""
+        # ASGI has no way to cut a connection: uvicorn frees the socket once the peer
+        # reads again or goes away. The room has already forgotten this client.
+        with contextlib.suppress(asyncio.TimeoutError, WebSocketDisconnected):
+            await asyncio.wait_for(self.ws.close(1008, "too slow to receive"), SEND_TIMEOUT)
 
     async def stop(self, writer):
         """Let the writer flush what is queued, within SEND_TIMEOUT, then end it."""
@@ -192,6 +206,8 @@ class ChatResource:
         """Relay this client's messages to the room until it leaves."""
         client = ChatClient(ws)
         writer = asyncio.create_task(client.deliver())
+        # A client that stops reading leaves the room as soon as its writer gives up.
+        writer.add_done_callback(lambda _: self.room.drop(client))
         try:
             await self.room.join(client)
             while True:

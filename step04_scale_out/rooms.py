@@ -32,8 +32,10 @@ class Room:
 
     def __init__(self):
         self.clients = {}
+        self.leaving = set()  # leave announcements under way, kept until done
 
     async def join(self, client):
+        """Add a client; it gets a welcome, everyone else a join."""
         self.clients[client.id] = client
         count = await self.add(client.id)
         client.post({"type": "welcome", "id": client.id, "count": count})
@@ -41,8 +43,16 @@ class Room:
         await self.publish({"type": "join", "id": client.id, "count": count})
 
     async def leave(self, client):
+        """Remove a client; everyone else gets a leave."""
         if self.clients.pop(client.id, None) is not None:
             await self.remove(client.id)
+
+    def drop(self, client):
+        """Remove a client that stopped reading, without waiting for the announcement."""
+        if self.clients.pop(client.id, None) is not None:
+            task = asyncio.create_task(self.remove(client.id))
+            self.leaving.add(task)
+            task.add_done_callback(self.leaving.discard)
 
     async def add(self, client_id):
         """Count the chat with a newcomer in it."""
@@ -65,8 +75,7 @@ class Room:
                 continue
             if not client.post(event):
                 client.abort()
-                del self.clients[client.id]
-                asyncio.ensure_future(self.remove(client.id))
+                self.drop(client)
 
     async def process_startup(self, scope, event):
         """Falcon calls this when the server starts (ASGI lifespan)."""
@@ -125,7 +134,11 @@ class RedisRoom(Room):
                     log("subscribed to the Redis channel")
                     self.subscribed.set()
                     async for message in pubsub.listen():
-                        self.deliver(json.loads(message["data"]))
+                        try:
+                            self.deliver(json.loads(message["data"]))
+                        except (ValueError, KeyError, TypeError) as error:
+                            # Anyone with access to Redis can publish here: skip, say so.
+                            log(f"ignored a malformed event on {CHANNEL}: {error!r}")
             except RedisError as error:
                 log(f"Redis unavailable ({error}); subscribing again in {RETRY_DELAY} s")
                 await asyncio.sleep(RETRY_DELAY)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 STARTUP_TIMEOUT = 15  # seconds for a server to answer /health
 TIMEOUT = 5  # seconds for any single connect, receive or close in a test
+OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
 
 # How to start each server: its folder and its command line (with {port}).
 SERVERS = {
@@ -85,6 +87,22 @@ def raw_handshake(server, path="/", receive_buffer=None):
     assert response.startswith(b"HTTP/1.1 101"), response
     return sock
 
+
+def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, length=None):
+    """Build one client frame; length may claim more bytes than the payload has."""
+    length = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = struct.pack("!BB", first, mask_bit | length)
+    elif length < 2**16:
+        header = struct.pack("!BBH", first, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
 
 class Server:
     """A server process on a free port, started and stopped by a test."""

@@ -3,16 +3,25 @@
 Frames the `websockets` library refuses to send are written by hand on a raw socket.
 """
 
-import os
 import struct
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import TIMEOUT, WEBSOCKET_SERVERS, open_ws, raw_handshake, receive_event
+from conftest import (
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_PING,
+    OPCODE_TEXT,
+    TIMEOUT,
+    WEBSOCKET_SERVERS,
+    frame,
+    open_ws,
+    raw_handshake,
+    receive_event,
+)
 
-OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
 ECHO_LIMIT = 16 * 2**20  # bytes, on "/"
 CHAT_LIMIT = 64 * 2**10  # bytes, on /chat
 
@@ -30,21 +39,6 @@ def assert_echo_works(server):
 
 
 
-def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, length=None):
-    """Build one client frame; length may claim more bytes than the payload has."""
-    length = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        header = struct.pack("!BB", first, mask_bit | length)
-    elif length < 2**16:
-        header = struct.pack("!BBH", first, mask_bit | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, length)
-    if not masked:
-        return header + payload
-    mask = os.urandom(4)
-    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
 
 
 def read_exactly(sock, size):

@@ -1,5 +1,6 @@
 """Faults: stuck readers, vanished peers, churn and shutdown do not hurt anyone else."""
 
+import contextlib
 import json
 import os
 import random
@@ -11,7 +12,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import TIMEOUT, open_ws, raw_handshake
+from conftest import OPCODE_BINARY, TIMEOUT, frame, open_ws, raw_handshake
 
 
 def wait_for(condition, timeout, message):
@@ -77,6 +78,37 @@ def test_ctrl_c_stops_the_server_without_a_traceback(server):
                 chat.recv(timeout=TIMEOUT)
     assert chat.protocol.close_rcvd.code == 1001
     assert "Traceback" not in server.output()
+
+
+def test_sigterm_does_not_wait_for_a_client_that_stops_reading(server):
+    stuck = raw_handshake(server, "/", receive_buffer=4096)
+    stuck.settimeout(1)
+    # Echoes pile up unread until the server's send blocks, then it stops reading too.
+    with contextlib.suppress(TimeoutError):
+        for _ in range(32):
+            stuck.sendall(frame(OPCODE_BINARY, bytes(2**20)))
+    with open_ws(server, "/chat") as chat:
+        chat.recv(timeout=TIMEOUT)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5
+        with pytest.raises(ConnectionClosed):
+            while True:
+                chat.recv(timeout=TIMEOUT)
+    assert chat.protocol.close_rcvd.code == 1001
+    stuck.close()
+
+
+@pytest.mark.parametrize("step", ["step02", "step02-gunicorn", "step03"])
+def test_a_client_that_answers_pings_is_kept(make_server, step):
+    server = make_server(step, env={"PING_INTERVAL": "0.5", "PING_TIMEOUT": "0.5"})
+    # The websockets client answers pings by itself, even while we do not call recv().
+    with open_ws(server, "/chat") as chat:
+        chat.recv(timeout=TIMEOUT)
+        time.sleep(4)  # eight ping rounds
+        assert server.health()["chat_clients"] == 1
+        chat.send("still here")
+        assert json.loads(chat.recv(timeout=TIMEOUT))["text"] == "still here"
 
 
 @pytest.mark.timeout(120)
