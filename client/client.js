@@ -158,7 +158,8 @@
     fetch(httpUrl, { mode: 'no-cors', cache: 'no-store', signal: abort.signal })
       .then(
         () => 'The server at ' + httpUrl + ' answers HTTP but does not accept WebSocket ' +
-              'connections (step01 has no websocket — run step02 or step03).',
+              'connections: step01 has no websocket (run step02 or step03), or the ' +
+              "server refuses this page's origin (ALLOWED_ORIGINS).',
         () => 'No server is answering at ' + httpUrl + '.')
       .then((diagnosis) => {
         clearTimeout(timeout);

@@ -36,6 +36,7 @@ class WebSocketAPI:
     """The post's endpoint: echoes every text and binary message back."""
 
     def on_get(self, req, resp):
+        """Serve the upgraded WebSocket, or answer a plain GET with 426."""
         # A WSGI app never gets on_websocket: gevent-websocket upgrades the GET,
         # sends the 101 itself and puts the socket in the WSGI environ.
         ws = req.env.get("wsgi.websocket")
@@ -46,6 +47,7 @@ class WebSocketAPI:
         self.on_websocket(req, ws)
 
     def on_websocket(self, req, ws):
+        """Echo every message until the client leaves (the post's loop, made to end)."""
         ws.max_message_size = ECHO_MAX_MESSAGE_SIZE
         try:
             while True:
@@ -87,6 +89,7 @@ class ChatClient:
     def stop(self, writer):
         """Let the writer flush what is queued, within SEND_TIMEOUT, then end it."""
         try:
+            # Iterating over a gevent Queue ends at StopIteration: deliver() stops there.
             self.outbox.put_nowait(StopIteration)
             writer.join(timeout=SEND_TIMEOUT)
         except Full:
@@ -101,11 +104,13 @@ class Room:
         self.clients = {}
 
     def join(self, client):
+        """Add a client; it gets a welcome, everyone else a join."""
         self.clients[client.id] = client
         client.post({"type": "welcome", "id": client.id, "count": len(self.clients)})
         self.broadcast({"type": "join", "id": client.id, "count": len(self.clients)}, client)
 
     def leave(self, client):
+        """Remove a client; everyone else gets a leave."""
         if self.clients.pop(client.id, None) is not None:
             self.broadcast({"type": "leave", "id": client.id, "count": len(self.clients)})
 
@@ -125,6 +130,7 @@ class ChatResource:
         self.room = room
 
     def on_get(self, req, resp):
+        """Serve the upgraded WebSocket, or answer a plain GET with 426."""
         ws = req.env.get("wsgi.websocket")
         if ws is None:
             refuse_plain_get(resp)
@@ -132,6 +138,7 @@ class ChatResource:
         self.on_websocket(req, ws)
 
     def on_websocket(self, req, ws):
+        """Relay this client's messages to the room until it leaves."""
         ws.max_message_size = CHAT_MAX_MESSAGE_SIZE
         client = ChatClient(ws)
         writer = gevent.spawn(client.deliver)

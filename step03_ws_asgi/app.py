@@ -59,6 +59,7 @@ class OriginCheck:
     """Middleware refusing a foreign Origin before the handshake: the client gets 403."""
 
     async def process_request_ws(self, req, ws):
+        """Refuse the handshake (HTTP 403) before on_websocket runs."""
         if not origin_allowed(req.get_header("Origin")):
             raise falcon.HTTPForbidden(description="Origin not allowed.")
 
@@ -97,9 +98,11 @@ class AsIs(falcon.media.TextBaseHandlerWS, falcon.media.BinaryBaseHandlerWS):
     """A media handler that leaves payloads as they are (str for text, bytes for binary)."""
 
     def serialize(self, media):
+        """Send the payload as it is."""
         return media
 
     def deserialize(self, payload):
+        """Return the payload as it arrived."""
         return payload
 
 
@@ -107,9 +110,11 @@ class WebSocketAPI:
     """The post's endpoint: echoes every text and binary message back."""
 
     async def on_get(self, req, resp):
+        """Answer a plain GET (no upgrade) with 426."""
         refuse_plain_get(resp)
 
     async def on_websocket(self, req, ws):
+        """Echo every message until the client leaves: Falcon calls this for the upgrade."""
         await ws.accept()
         with open_websockets.track(ws):
             try:
@@ -176,7 +181,7 @@ class ChatClient:
     async def stop(self, writer):
         """Let the writer flush what is queued, within SEND_TIMEOUT, then end it."""
         try:
-            self.outbox.put_nowait(None)
+            self.outbox.put_nowait(None)  # the end marker: deliver() stops there
             await asyncio.wait_for(writer, SEND_TIMEOUT)
         except (asyncio.QueueFull, asyncio.TimeoutError):
             writer.cancel()
@@ -189,11 +194,13 @@ class Room:
         self.clients = {}
 
     def join(self, client):
+        """Add a client; it gets a welcome, everyone else a join."""
         self.clients[client.id] = client
         client.post({"type": "welcome", "id": client.id, "count": len(self.clients)})
         self.broadcast({"type": "join", "id": client.id, "count": len(self.clients)}, client)
 
     def leave(self, client):
+        """Remove a client; everyone else gets a leave."""
         if self.clients.pop(client.id, None) is not None:
             self.broadcast({"type": "leave", "id": client.id, "count": len(self.clients)})
 
@@ -213,9 +220,11 @@ class ChatResource:
         self.room = room
 
     async def on_get(self, req, resp):
+        """Answer a plain GET (no upgrade) with 426."""
         refuse_plain_get(resp)
 
     async def on_websocket(self, req, ws):
+        """Accept the client into the chat; Falcon calls this for the upgrade."""
         await ws.accept()
         with open_websockets.track(ws):
             await self.chat(ws)
@@ -276,6 +285,7 @@ class Server(uvicorn.Server):
     """uvicorn, except that clients hear 1001 (going away) at shutdown, not 1012."""
 
     async def shutdown(self, sockets=None):
+        """Say 1001 to every client, then stop as uvicorn does."""
         await open_websockets.close_all(1001, "server shutting down")
         await super().shutdown(sockets)
 

@@ -64,6 +64,7 @@ class OriginCheck:
     """Middleware refusing a foreign Origin before the handshake: the client gets 403."""
 
     async def process_request_ws(self, req, ws):
+        """Refuse the handshake (HTTP 403) before on_websocket runs."""
         if not origin_allowed(req.get_header("Origin")):
             raise falcon.HTTPForbidden(description="Origin not allowed.")
 
@@ -102,9 +103,11 @@ class AsIs(falcon.media.TextBaseHandlerWS, falcon.media.BinaryBaseHandlerWS):
     """A media handler that leaves payloads as they are (str for text, bytes for binary)."""
 
     def serialize(self, media):
+        """Send the payload as it is."""
         return media
 
     def deserialize(self, payload):
+        """Return the payload as it arrived."""
         return payload
 
 
@@ -112,9 +115,11 @@ class WebSocketAPI:
     """The post's endpoint: echoes every text and binary message back."""
 
     async def on_get(self, req, resp):
+        """Answer a plain GET (no upgrade) with 426."""
         refuse_plain_get(resp)
 
     async def on_websocket(self, req, ws):
+        """Echo every message until the client leaves: Falcon calls this for the upgrade."""
         await ws.accept()
         with open_websockets.track(ws):
             try:
@@ -182,7 +187,7 @@ class ChatClient:
     async def stop(self, writer):
         """Let the writer flush what is queued, within SEND_TIMEOUT, then end it."""
         try:
-            self.outbox.put_nowait(None)
+            self.outbox.put_nowait(None)  # the end marker: deliver() stops there
             await asyncio.wait_for(writer, SEND_TIMEOUT)
         except (asyncio.QueueFull, asyncio.TimeoutError):
             writer.cancel()
@@ -195,9 +200,11 @@ class ChatResource:
         self.room = room
 
     async def on_get(self, req, resp):
+        """Answer a plain GET (no upgrade) with 426."""
         refuse_plain_get(resp)
 
     async def on_websocket(self, req, ws):
+        """Accept the client into the chat; Falcon calls this for the upgrade."""
         await ws.accept()
         with open_websockets.track(ws):
             await self.chat(ws)
@@ -266,6 +273,7 @@ class Server(uvicorn.Server):
     """uvicorn, except that clients hear 1001 (going away) at shutdown, not 1012."""
 
     async def shutdown(self, sockets=None):
+        """Say 1001 to every client, then stop as uvicorn does."""
         await open_websockets.close_all(1001, "server shutting down")
         await super().shutdown(sockets)
 

@@ -104,6 +104,15 @@ def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, length=None):
     mask = os.urandom(4)
     return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
 
+def read_exactly(sock, size):
+    """Read size bytes, failing if the server hangs up first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"connection closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
 class Server:
     """A server process on a free port, started and stopped by a test."""
 

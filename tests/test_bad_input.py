@@ -19,6 +19,7 @@ from conftest import (
     frame,
     open_ws,
     raw_handshake,
+    read_exactly,
     receive_event,
 )
 
@@ -41,14 +42,6 @@ def assert_echo_works(server):
 
 
 
-def read_exactly(sock, size):
-    """Read size bytes, failing if the server hangs up first."""
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        assert chunk, f"connection closed after {len(data)} of {size} bytes"
-        data += chunk
-    return data
 
 
 def read_close_code(sock):

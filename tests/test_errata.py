@@ -22,7 +22,16 @@ from falcon.util.deprecation import DeprecatedWarning
 from packaging.requirements import Requirement
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from conftest import BIN, PYTHON, ROOT, TIMEOUT, load_module, open_ws, raw_handshake
+from conftest import (
+    BIN,
+    PYTHON,
+    ROOT,
+    TIMEOUT,
+    load_module,
+    open_ws,
+    raw_handshake,
+    read_exactly,
+)
 
 POST = "tests/post"
 QUIET = 3  # seconds of silence that show a server is not reacting
@@ -299,7 +308,7 @@ def test_our_servers_refuse_a_one_gibibyte_frame_with_1009(make_server, name):
     server = make_server(name)
     with raw_handshake(server) as sock:
         sock.sendall(ONE_GIB_FRAME)
-        head = sock.recv(4)
+        head = read_exactly(sock, 4)
     assert head[0] == 0x88  # FIN + close
     assert struct.unpack("!H", head[2:4])[0] == 1009
 

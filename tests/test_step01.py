@@ -36,7 +36,7 @@ def test_starts_without_a_deprecation_warning():
         load_module("step01_app_strict", "step01_http/app.py")
 
 
-def test_serves_http_on_loopback(step01_server):
+def test_serves_the_posts_text_over_http(step01_server):
     with urllib.request.urlopen(step01_server.http_url + "/", timeout=5) as response:
         assert response.read() == b"This endpoint is for Websockets only."
 
