@@ -159,7 +159,7 @@
       .then(
         () => 'The server at ' + httpUrl + ' answers HTTP but does not accept WebSocket ' +
               'connections: step01 has no websocket (run step02 or step03), or the ' +
-              "server refuses this page's origin (ALLOWED_ORIGINS).',
+              'server refuses the origin of this page (ALLOWED_ORIGINS).',
         () => 'No server is answering at ' + httpUrl + '.')
       .then((diagnosis) => {
         clearTimeout(timeout);
