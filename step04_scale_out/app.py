@@ -141,7 +141,7 @@ class ChatClient:
         self.id = secrets.token_hex(3)
         self.ws = ws
         self.outbox = asyncio.Queue(OUTBOX_SIZE)
-        self.welcomed = False  # until then, the chat's events pass it by
+        self.welcomed = False  # set by Room.join (rooms.py); until then, events pass it by
 
     def post(self, event):
         """Queue an event for this client; False if it is not keeping up."""
@@ -165,9 +165,8 @@ class ChatClient:
         try:
             while True:
                 message = await self.outbox.get()
-                # One timeout for the whole queue, not one per message: before Python 3.12
-                # each wait_for() runs a task, and 1,000 clients joining at once then
-                # overflow every outbox.
+                # One timer per batch, not per message: before Python 3.12 each wait_for()
+                # starts a task, too slow when 1,000 clients join at once.
                 if not await asyncio.wait_for(self.send_queued(message), SEND_TIMEOUT):
                     return
         except (WebSocketDisconnected, asyncio.TimeoutError):

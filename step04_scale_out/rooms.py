@@ -164,9 +164,11 @@ class RedisRoom(Room):
         others = set(members.values()) - {self.process}
         alive = {owner for owner in others if await self.redis.exists(ALIVE + owner)}
         for client_id, owner in members.items():
-            # Ours but gone: its leave missed Redis. Another's: its process died.
-            mine = owner == self.process
-            if (client_id not in self.clients) if mine else (owner not in alive):
+            if owner == self.process:
+                gone = client_id not in self.clients  # ours, but its leave missed Redis
+            else:
+                gone = owner not in alive  # another process's, and that process died
+            if gone:
                 await self.remove(client_id)
 
     async def process_startup(self, scope, event):
