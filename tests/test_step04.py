@@ -151,7 +151,10 @@ def test_presence_is_global(step04_pair, open_chat):
 
 
 def test_sender_gets_an_error_while_redis_is_down(step04_pair, redis_server, open_chat):
-    a, _ = open_chat(step04_pair[0])
+    b, _ = open_chat(step04_pair[1])
+    a, welcome_a = open_chat(step04_pair[0])
+    # b hears a's join: a's joining is over before Redis goes.
+    assert receive_event(b)["id"] == welcome_a["id"]
     redis_server.stop()
     a.send("is anyone there?")
     assert receive_event(a) == {"type": "error", "error": UNAVAILABLE}
