@@ -190,6 +190,7 @@ def test_chat_resumes_after_redis_restarts(step04_pair, redis_server, open_chat)
 def test_presence_is_restored_after_redis_restarts(step04_pair, redis_server, open_chat):
     a, _ = open_chat(step04_pair[0])
     b, _ = open_chat(step04_pair[1])
+    assert receive_event(a)["type"] == "join"  # b's joining is over before Redis goes
     redis_server.stop()
     redis_server.start()  # empty: the processes register their clients again
     deadline = time.monotonic() + RESUME_BOUND
