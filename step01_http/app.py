@@ -25,7 +25,7 @@ class HealthResource:
         resp.media = {"status": "ok"}
 
 
-# falcon.API() is the deprecated name of falcon.App() (removed in Falcon 5).
+# The post's falcon.API is the deprecated name of falcon.App (removed in Falcon 5).
 app = falcon.App()
 app.add_route("/", WebSocketAPI())
 app.add_route("/health", HealthResource())
