@@ -13,7 +13,7 @@ import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from app import app  # noqa: E402
-from handler import Handler, close_all  # noqa: E402
+from protections import Handler, close_all  # noqa: E402
 
 SHUTDOWN_TIMEOUT = 3  # seconds given to clients to answer our close frame
 

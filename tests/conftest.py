@@ -4,6 +4,7 @@ import base64
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -27,15 +28,27 @@ OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
 # How to start each server: its folder and its command line (with {port}).
 SERVERS = {
     "step01": ("step01_http", [PYTHON, "app.py"]),
+    # First rungs: the post's code made to run, nothing else (they read $PORT).
+    "step02-minimal": ("step02_ws_gevent", [PYTHON, "minimal.py"]),
+    "step03-minimal": ("step03_ws_asgi", [PYTHON, "minimal.py"]),
+    # Second rungs: the hardened steps.
     "step02": ("step02_ws_gevent", [PYTHON, "wsgi.py", "--port", "{port}"]),
     "step02-gunicorn": (
         "step02_ws_gevent",
-        [str(BIN / "gunicorn"), "--worker-class", "handler.Worker",
+        [str(BIN / "gunicorn"), "--worker-class", "protections.Worker",
          "--bind", "127.0.0.1:{port}", "--graceful-timeout", "3", "app:app"],
     ),
-    "step03": ("step03_ws_asgi", [PYTHON, "app.py", "--port", "{port}"]),
+    "step03": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}"]),
+    # step04 without REDIS_URL is one process with the chat in memory; with it, on Redis.
+    "step04": ("step04_scale_out", [PYTHON, "server.py", "--port", "{port}"]),
+    "step04-redis": ("step04_scale_out", [PYTHON, "server.py", "--port", "{port}"]),
 }
-WEBSOCKET_SERVERS = ["step02", "step02-gunicorn", "step03"]
+# The first rungs have no /health: the tests wait for their port instead.
+WITHOUT_HEALTH = {"step02-minimal", "step03-minimal"}
+HARDENED_SERVERS = ["step02", "step02-gunicorn", "step03", "step04", "step04-redis"]
+WEBSOCKET_SERVERS = ["step02-minimal", "step02", "step02-gunicorn",
+                     "step03-minimal", "step03", "step04", "step04-redis"]
+REDIS_SERVER = shutil.which("redis-server")
 
 
 def free_port():
@@ -45,12 +58,25 @@ def free_port():
         return sock.getsockname()[1]
 
 
+# Modules that several steps define, each in its own folder.
+STEP_MODULES = ("app", "chat", "protections", "backplane")
+
+
 def load_module(name, path):
-    """Import a step's app.py under a unique name (every step has an app.py)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Import a step's module under a unique name, with its own chat.py, protections.py..."""
+    folder = str((ROOT / path).parent)
+    saved = {key: sys.modules.pop(key) for key in STEP_MODULES if key in sys.modules}
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(folder)
+        for key in STEP_MODULES:
+            sys.modules.pop(key, None)
+        sys.modules.update(saved)
 
 
 def open_ws(server, path="/", **kwargs):
@@ -118,6 +144,7 @@ class Server:
 
     def __init__(self, name, cwd, command, env=None):
         self.name = name
+        self.has_health = name not in WITHOUT_HEALTH
         self.cwd = ROOT / cwd
         self.port = free_port()
         self.command = [part.format(port=self.port) for part in command]
@@ -147,17 +174,20 @@ class Server:
         return self
 
     def wait_healthy(self):
-        """Poll /health until it answers 200, failing if the process dies first."""
+        """Poll /health (or the port, without one) until it answers; fail if the process dies."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
             try:
+                if not self.has_health:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
                 if self.health()["status"] == "ok":
                     return
             except OSError:
                 time.sleep(0.05)
-        raise TimeoutError(f"{self.name} did not answer /health in {STARTUP_TIMEOUT} s")
+        raise TimeoutError(f"{self.name} did not answer in {STARTUP_TIMEOUT} s")
 
     def health(self):
         """GET /health and return its JSON."""
@@ -202,10 +232,74 @@ def make_server():
             pass
 
 
+class RedisServer:
+    """A throwaway redis-server on a free port, without persistence."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        """Start redis-server and return once it answers PING."""
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not answer PING in 10 s")
+
+    def ping(self):
+        """Send PING over a raw socket; True if Redis answers PONG."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        """Kill redis-server: no goodbye to its clients, nothing kept."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh redis-server for one test; skipped, saying how to get one, if none is installed."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def start_step(request, make_server, name, env=None):
+    """Start a step by name; step04-redis gets a redis-server of its own, step04 none."""
+    env = dict(env or {})
+    if name == "step04-redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    elif name == "step04":
+        env["REDIS_URL"] = ""
+    return make_server(name, env=env)
+
+
 @pytest.fixture(params=WEBSOCKET_SERVERS)
 def server(request, make_server):
-    """Each WebSocket step in turn: step02 (wsgi.py), step02 under gunicorn, step03."""
-    return make_server(request.param)
+    """Each WebSocket server in turn: the first rungs and the hardened steps."""
+    return start_step(request, make_server, request.param)
+
+
+@pytest.fixture
+def start(request, make_server):
+    """Start a step by name, with extra environment: start("step03", PING_INTERVAL="1")."""
+    return lambda name, **env: start_step(request, make_server, name, env)
 
 
 @pytest.fixture

@@ -27,21 +27,11 @@ ECHO_LIMIT = 16 * 2**20  # bytes, on "/"
 CHAT_LIMIT = 64 * 2**10  # bytes, on /chat
 
 
-
-
-
-
 def assert_echo_works(server):
     """A new client on "/" still gets its message back."""
     with open_ws(server) as ws:
         ws.send("still serving")
         assert ws.recv(timeout=TIMEOUT) == "still serving"
-
-
-
-
-
-
 
 
 def read_close_code(sock):
@@ -162,9 +152,9 @@ def test_closes_a_protocol_error_with_1002(server, garbage):
         assert bystander.recv(timeout=TIMEOUT) == "still here"
 
 
-@pytest.mark.parametrize("name", WEBSOCKET_SERVERS)
-def test_allowed_origins_replaces_the_default_origins(make_server, name):
-    server = make_server(name, env={"ALLOWED_ORIGINS": "https://app.example.com"})
+@pytest.mark.parametrize("step", WEBSOCKET_SERVERS)
+def test_allowed_origins_replaces_the_default_origins(start, step):
+    server = start(step, ALLOWED_ORIGINS="https://app.example.com")
     with open_ws(server, origin="https://app.example.com") as ws:
         ws.send("hi")
         assert ws.recv(timeout=TIMEOUT) == "hi"

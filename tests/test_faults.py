@@ -12,7 +12,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import OPCODE_BINARY, TIMEOUT, frame, open_ws, raw_handshake
+from conftest import OPCODE_BINARY, TIMEOUT, WEBSOCKET_SERVERS, frame, open_ws, raw_handshake
 
 
 def wait_for(condition, timeout, message):
@@ -99,9 +99,9 @@ def test_sigterm_does_not_wait_for_a_client_that_stops_reading(server):
     stuck.close()
 
 
-@pytest.mark.parametrize("step", ["step02", "step02-gunicorn", "step03"])
-def test_a_client_that_answers_pings_is_kept(make_server, step):
-    server = make_server(step, env={"PING_INTERVAL": "0.5", "PING_TIMEOUT": "0.5"})
+@pytest.mark.parametrize("step", WEBSOCKET_SERVERS)
+def test_a_client_that_answers_pings_is_kept(start, step):
+    server = start(step, PING_INTERVAL="0.5", PING_TIMEOUT="0.5")
     # The websockets client answers pings by itself, even while we do not call recv().
     with open_ws(server, "/chat") as chat:
         chat.recv(timeout=TIMEOUT)
@@ -132,9 +132,9 @@ def test_a_client_that_stops_reading_does_not_stall_the_chat(server):
     stuck.close()
 
 
-@pytest.mark.parametrize("step", ["step02", "step02-gunicorn", "step03"])
-def test_a_silent_peer_is_dropped_after_the_ping_timeout(make_server, step):
-    server = make_server(step, env={"PING_INTERVAL": "1", "PING_TIMEOUT": "1"})
+@pytest.mark.parametrize("step", WEBSOCKET_SERVERS)
+def test_a_silent_peer_is_dropped_after_the_ping_timeout(start, step):
+    server = start(step, PING_INTERVAL="1", PING_TIMEOUT="1")
     # This peer completes the handshake, then never reads and never answers a ping.
     silent = raw_handshake(server, "/chat")
     wait_for(lambda: server.health()["chat_clients"] == 1, TIMEOUT, "peer did not join")

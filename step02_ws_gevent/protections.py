@@ -1,12 +1,13 @@
-"""gevent-websocket, repaired where it breaks the protocol or lets a client hurt the server.
+"""Step 2's protections: gevent-websocket, repaired where it lets a client hurt the server.
 
 gevent-websocket 0.10.1 (2017, the last release) never puts the close code on the
-wire, has no message size limit, never checks Origin, and unmasks every frame byte
-by byte in Python. `Handler` and `WebSocket` below fix that without forking it;
-`Worker` lets gunicorn use them.
+wire, has no message size limit, never checks Origin, never pings, and unmasks every
+frame byte by byte in Python. `Handler` and `WebSocket` below fix that without
+forking it; `Worker` lets gunicorn use them; `close_all` says 1001 at shutdown.
 """
 
 import fnmatch
+import logging
 import os
 import socket
 import struct
@@ -26,8 +27,9 @@ from geventwebsocket.handler import WebSocketHandler
 DEFAULT_ALLOWED_ORIGINS = "http://localhost:*,http://127.0.0.1:*,null"
 ALLOWED_ORIGINS = os.environ.get("ALLOWED_ORIGINS", DEFAULT_ALLOWED_ORIGINS).split(",")
 
-# The largest message a client may send unless the app sets another limit.
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 2**20
+# The largest message a client may send: app.py sets one of these per route.
+ECHO_MAX_MESSAGE_SIZE = 16 * 2**20  # bytes on "/", uvicorn's default
+CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes on /chat; a bigger message is closed with 1009
 CLOSE_TIMEOUT = 3  # seconds a client that broke the rules gets to stop sending
 SHUTDOWN_CLOSE_TIMEOUT = 1  # seconds shutdown waits for the close frames to go out
 
@@ -38,6 +40,12 @@ PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait fo
 # Every open WebSocket, so that shutdown can say goodbye (1001) to each.
 open_websockets = weakref.WeakSet()
 
+STOCK_SERVER = (
+    "refused a WebSocket served by stock gevent-websocket (no size limit, close codes, "
+    "Origin check or pings): serve app.py with wsgi.py, or gunicorn -k protections.Worker"
+)
+log = logging.getLogger("step02")
+
 
 def origin_allowed(origin):
     """Tell whether a handshake's Origin header may open a WebSocket."""
@@ -45,6 +53,17 @@ def origin_allowed(origin):
     if origin is None:
         return True
     return any(fnmatch.fnmatchcase(origin, pattern.strip()) for pattern in ALLOWED_ORIGINS)
+
+
+def repaired(ws, max_message_size):
+    """Give ws its size limit; False, having closed it, if it is stock gevent-websocket's."""
+    if isinstance(ws, WebSocket):
+        ws.max_message_size = max_message_size
+        return True
+    # Stock gevent-websocket cannot even say why it closes: the reason is in the log.
+    log.error(STOCK_SERVER)
+    ws.close()
+    return False
 
 
 def close_all(code, reason):
@@ -79,7 +98,7 @@ class WebSocket(upstream.WebSocket):
 
     def __init__(self, environ, stream, handler):
         super().__init__(environ, stream, handler)
-        self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+        self.max_message_size = ECHO_MAX_MESSAGE_SIZE
         self.message_size = 0
         # Frames written from two greenlets (a reply and a broadcast) must not interleave.
         self.write_lock = Semaphore()

@@ -1,4 +1,4 @@
-"""The chat's rooms: this process's clients in memory, or every process's through Redis."""
+"""Step 4's backplane: the chat of every process sharing one Redis, through pub/sub."""
 
 import asyncio
 import contextlib
@@ -11,6 +11,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from chat import Room
+
 # Redis keys and timings of the backplane.
 CHANNEL = "chat:events"  # pub/sub channel carrying every chat event as JSON
 MEMBERS = "chat:members"  # hash: client id -> id of the process it is connected to
@@ -19,69 +21,11 @@ HEARTBEAT_INTERVAL = 2  # seconds between renewals (and sweeps for dead processe
 PROCESS_TTL = 6  # seconds without renewal before a process and its clients are gone
 RETRY_DELAY = 1  # seconds between attempts to subscribe again while Redis is down
 SUBSCRIBE_WAIT = 5  # seconds the server waits at start for its subscription
-UNAVAILABLE = "chat backplane unavailable, message not delivered"
 
 
 def log(text):
     """Print a line about the backplane, at once."""
     print(f"step04: {text}", flush=True)
-
-
-class Room:
-    """Everyone connected to /chat: without Redis, that is this process's clients."""
-
-    def __init__(self):
-        self.clients = {}
-        self.leaving = set()  # leave announcements under way, kept until done
-
-    async def join(self, client):
-        """Add a client; it gets a welcome, everyone else a join."""
-        self.clients[client.id] = client
-        count = await self.add(client.id)
-        client.post({"type": "welcome", "id": client.id, "count": count})
-        client.welcomed = True
-        await self.publish({"type": "join", "id": client.id, "count": count})
-
-    async def leave(self, client):
-        """Remove a client; everyone else gets a leave."""
-        if self.clients.pop(client.id, None) is not None:
-            await self.remove(client.id)
-
-    def drop(self, client):
-        """Remove a client that stopped reading, without waiting for the announcement."""
-        if self.clients.pop(client.id, None) is not None:
-            task = asyncio.create_task(self.remove(client.id))
-            self.leaving.add(task)
-            task.add_done_callback(self.leaving.discard)
-
-    async def add(self, client_id):
-        """Count the chat with a newcomer in it."""
-        return len(self.clients)
-
-    async def remove(self, client_id):
-        """Tell everyone a client has gone."""
-        await self.publish({"type": "leave", "id": client_id, "count": len(self.clients)})
-
-    async def publish(self, event):
-        """Send an event to the whole chat, which here is this process."""
-        self.deliver(event)
-
-    def deliver(self, event):
-        """Queue an event for every client here; drop those whose outbox is full."""
-        # Iterate over a copy: dropping a client changes the dict.
-        for client in list(self.clients.values()):
-            # A newcomer hears nothing before its welcome, and not of its own join.
-            if not client.welcomed or (event["type"] == "join" and client.id == event["id"]):
-                continue
-            if not client.post(event):
-                client.abort()
-                self.drop(client)
-
-    async def process_startup(self, scope, event):
-        """Falcon calls this when the server starts (ASGI lifespan)."""
-
-    async def process_shutdown(self, scope, event):
-        """Falcon calls this when the server stops, after the clients are closed."""
 
 
 class RedisRoom(Room):
@@ -172,6 +116,7 @@ class RedisRoom(Room):
                 await self.remove(client_id)
 
     async def process_startup(self, scope, event):
+        log("the chat is shared through Redis (REDIS_URL) with every process using it")
         self.tasks = [asyncio.create_task(self.listen()), asyncio.create_task(self.heartbeat())]
         # Serve once subscribed, so the first clients hear the chat; but if Redis is
         # down, serve anyway: the chat starts when Redis does.
