@@ -1,56 +1,57 @@
 # Two commands are all a reader needs: `make run` and `make test`.
-# Both create .venv and install the pinned packages on first use.
+# Each creates .venv on first use and installs what it needs, pinned: running a step
+# needs requirements.txt only; testing, linting and the tools need requirements-dev.txt.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The same bin, still right after a recipe has cd'ed into a step's folder.
+STEP_BIN := $(abspath $(BIN))
 HOST ?= 127.0.0.1
 PORT ?= 8000
-CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test test-matrix setup step01 step02 step02-gunicorn step03 lint clean
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: run test test-matrix setup setup-dev lint clean \
+	step01 step02-minimal step02 step02-gunicorn step03-minimal step03 step04
 
 run: step03
 
-test: setup
-	@test -x $(CHROMIUM) || echo "NOTICE: no Chromium at $(CHROMIUM): the browser tests are SKIPPED (apt-get install chromium)."
+# ---- Set-up ----------------------------------------------------------------
+
+setup: $(RUN_STAMP)
+setup-dev: $(DEV_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUN_STAMP): requirements.txt | $(BIN)/python
+	$(PIP_INSTALL) -r requirements.txt
+	touch $@
+
+# requirements-dev.txt includes requirements.txt: the run stamp is up to date too.
+$(DEV_STAMP): requirements-dev.txt requirements.txt | $(BIN)/python
+	$(PIP_INSTALL) -r requirements-dev.txt
+	touch $@ $(RUN_STAMP)
+
+# ---- Tests and tools -------------------------------------------------------
+
+# One NOTICE per missing system part: the tests that need it are skipped, not failed.
+test: $(DEV_STAMP)
+	@chromium=$$($(BIN)/python tools/browser.py) || \
+		echo "NOTICE: the browser tests are SKIPPED: $$chromium."
+	@command -v redis-server >/dev/null || \
+		echo "NOTICE: no redis-server: the step04-redis tests are SKIPPED (apt-get install redis-server)."
 	$(BIN)/pytest
 
-# The suite on every Python 3.10-3.13 found, each in its own .venv-3.X.
+# The suite on every Python 3.10-3.13 found, each in its own .venv-3.X: every
+# `make test` there installs requirements-dev.txt into its own virtual environment.
 test-matrix:
 	tools/test_matrix.sh $(PYTHONS)
 
-setup: $(VENV)/.installed
-
-$(VENV)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $@
-
-define open_client
-	@echo "Open file://$(CURDIR)/client/index.html or http://$(HOST):$(PORT)/client/ in a browser."
-endef
-
-step01: setup
-	@echo "Open file://$(CURDIR)/client/index.html: it will say this step has no WebSocket."
-	cd step01_http && HOST=$(HOST) PORT=$(PORT) ../$(BIN)/python app.py
-
-step02: setup
-	$(open_client)
-	cd step02_ws_gevent && ../$(BIN)/python wsgi.py --host $(HOST) --port $(PORT)
-
-# The post's `gunicorn wsgi:app` serves no WebSocket: gunicorn needs a gevent-websocket worker.
-# Each open WebSocket holds one of the worker's connections (1,000 by default).
-step02-gunicorn: setup
-	$(open_client)
-	cd step02_ws_gevent && ../$(BIN)/gunicorn --worker-class handler.Worker --worker-connections 10000 \
-		--bind $(HOST):$(PORT) --graceful-timeout 3 app:app
-
-step03: setup
-	$(open_client)
-	cd step03_ws_asgi && ../$(BIN)/python app.py --host $(HOST) --port $(PORT)
-
-lint: setup
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 clean:
@@ -58,28 +59,67 @@ clean:
 
 # The Autobahn TestSuite cases 1.* to 7.* and 10.* against each server; reports in reports/.
 .PHONY: conformance
-conformance: setup
+conformance: $(DEV_STAMP)
 	$(BIN)/python tools/conformance.py
 
 # docs/client.png: two chat tabs (file:// and /client/) talking through step03, in Chromium.
 .PHONY: screenshot
-screenshot: setup
+screenshot: $(DEV_STAMP)
 	$(BIN)/python tools/screenshot.py
+
+# gevent or ASGI? The same load on step02, step03 and two references: a table and docs/bench.png.
+.PHONY: bench
+bench: $(DEV_STAMP)
+	$(BIN)/python bench/run.py
+
+# ---- The steps -------------------------------------------------------------
+
+# The client opened from file:// talks to ws://localhost:8000/ unless given ?url=.
+define open_client
+	@echo "Open file://$(CURDIR)/client/index.html?url=ws://$(HOST):$(PORT)/ or http://$(HOST):$(PORT)/client/ in a browser."
+endef
+
+step01: $(RUN_STAMP)
+	@echo "Open file://$(CURDIR)/client/index.html?url=ws://$(HOST):$(PORT)/: it will say this step has no WebSocket."
+	cd step01_http && HOST=$(HOST) PORT=$(PORT) $(STEP_BIN)/python app.py
+
+# The first rungs serve only the echo on /: no /client/, no /chat.
+step02-minimal: $(RUN_STAMP)
+	@echo "Open file://$(CURDIR)/client/index.html?url=ws://$(HOST):$(PORT)/ in a browser (echo only)."
+	cd step02_ws_gevent && HOST=$(HOST) PORT=$(PORT) $(STEP_BIN)/python minimal.py
+
+step02: $(RUN_STAMP)
+	$(open_client)
+	cd step02_ws_gevent && $(STEP_BIN)/python wsgi.py --host $(HOST) --port $(PORT)
+
+# The post's `gunicorn wsgi:app` serves no WebSocket: gunicorn needs a gevent-websocket worker.
+# Each open WebSocket holds one of the worker's connections (1,000 by default).
+step02-gunicorn: $(RUN_STAMP)
+	$(open_client)
+	cd step02_ws_gevent && $(STEP_BIN)/gunicorn --worker-class protections.Worker \
+		--worker-connections 10000 --bind $(HOST):$(PORT) --graceful-timeout 3 app:app
+
+step03-minimal: $(RUN_STAMP)
+	@echo "Open file://$(CURDIR)/client/index.html?url=ws://$(HOST):$(PORT)/ in a browser (echo only)."
+	cd step03_ws_asgi && HOST=$(HOST) PORT=$(PORT) $(STEP_BIN)/python minimal.py
+
+step03: $(RUN_STAMP)
+	$(open_client)
+	cd step03_ws_asgi && $(STEP_BIN)/python server.py --host $(HOST) --port $(PORT)
 
 # step04: one chat across two processes (PORT and PORT2), through a throwaway Redis
 # (nothing saved). Not 6379: that is where a system-wide Redis may already listen.
 # Ctrl+C stops all three.
-.PHONY: step04
 PORT2 ?= 8001
 REDIS_PORT ?= 6380
-step04: setup
+step04: $(RUN_STAMP)
 	@command -v redis-server >/dev/null || { echo "step04 needs redis-server: apt-get install redis-server"; exit 1; }
 	@trap 'kill $$pids 2>/dev/null; wait' INT TERM EXIT; \
 	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save "" --appendonly no --loglevel warning & pids=$$!; \
 	export REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0; \
 	cd step04_scale_out; \
-	../$(BIN)/python app.py --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
-	../$(BIN)/python app.py --host $(HOST) --port $(PORT2) & pids="$$pids $$!"; \
+	$(STEP_BIN)/python server.py --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
+	$(STEP_BIN)/python server.py --host $(HOST) --port $(PORT2) & pids="$$pids $$!"; \
 	sleep 1; \
 	echo "One chat, two processes: open these two in a browser, or point any client at either port:"; \
 	echo "  http://localhost:$(PORT)/client/?endpoint=chat"; \
@@ -87,8 +127,3 @@ step04: setup
 	echo "  or file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT2)/&endpoint=chat"; \
 	echo "Ctrl+C stops both servers and Redis."; \
 	wait
-
-# gevent or ASGI? The same load on step02, step03 and two references: a table and docs/bench.png.
-.PHONY: bench
-bench: setup
-	$(BIN)/python bench/run.py

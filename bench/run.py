@@ -36,9 +36,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = {
     "step02": ("step02_ws_gevent", [PYTHON, "wsgi.py", "--port", "{port}"]),
     "step02-gunicorn": ("step02_ws_gevent", [
-        str(BIN / "gunicorn"), "--worker-class", "handler.Worker", "--worker-connections",
+        str(BIN / "gunicorn"), "--worker-class", "protections.Worker", "--worker-connections",
         "20000", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "3", "app:app"]),
-    "step03": ("step03_ws_asgi", [PYTHON, "app.py", "--port", "{port}"]),
+    "step03": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}"]),
     "bare-asgi": ("bench", [PYTHON, "bare_asgi.py", "--port", "{port}"]),
     "websockets": ("bench", [PYTHON, "websockets_echo.py", "--port", "{port}"]),
 }

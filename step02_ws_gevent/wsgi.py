@@ -12,7 +12,7 @@ import signal  # noqa: E402
 import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
-from app import app  # noqa: E402
+from app import CLIENT_DIR, app  # noqa: E402
 from protections import Handler, close_all  # noqa: E402
 
 SHUTDOWN_TIMEOUT = 3  # seconds given to clients to answer our close frame
@@ -36,8 +36,9 @@ def main():
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, shut_down)
 
-    print(f"step02: serving ws://{args.host}:{args.port}/ and /chat, "
-          f"client at http://{args.host}:{args.port}/client/", flush=True)
+    # app.py serves the client only when ../client is there: offer it only then.
+    client = f", client at http://{args.host}:{args.port}/client/" if CLIENT_DIR.is_dir() else ""
+    print(f"step02: serving ws://{args.host}:{args.port}/ and /chat{client}", flush=True)
     server.serve_forever()
 
 

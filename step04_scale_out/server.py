@@ -6,7 +6,7 @@ import os
 
 import uvicorn
 
-from app import app
+from app import CLIENT_DIR, app
 from protections import ECHO_MAX_MESSAGE_SIZE, PING_INTERVAL, PING_TIMEOUT, Server
 
 SHUTDOWN_TIMEOUT = 3  # seconds given to connections to finish once clients heard 1001
@@ -30,8 +30,9 @@ def main():
         ws_ping_timeout=PING_TIMEOUT,
         timeout_graceful_shutdown=SHUTDOWN_TIMEOUT,
     )
-    print(f"serving ws://{args.host}:{args.port}/ and /chat, "
-          f"client at http://{args.host}:{args.port}/client/", flush=True)
+    # app.py serves the client only when ../client is there: offer it only then.
+    client = f", client at http://{args.host}:{args.port}/client/" if CLIENT_DIR.is_dir() else ""
+    print(f"serving ws://{args.host}:{args.port}/ and /chat{client}", flush=True)
     # uvicorn shuts down cleanly on Ctrl+C, then raises it again: no traceback for that.
     with contextlib.suppress(KeyboardInterrupt):
         Server(config).run()

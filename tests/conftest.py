@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from first_rungs import LACKS
 from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,3 +306,57 @@ def start(request, make_server):
 @pytest.fixture
 def step01_server(make_server):
     return make_server("step01")
+
+
+# ---- The first rungs' expected failures, and a record of every outcome ----
+
+def server_of(item):
+    """The server a test runs against: its `server` fixture's or `step` parameter, or None."""
+    params = getattr(item, "callspec", None)
+    return params and (params.params.get("server") or params.params.get("step"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--outcomes", metavar="PATH",
+                     help="write every test's server and outcome to PATH, as JSON "
+                          "(tools/protections_table.py reads it)")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark what a first rung lacks as an expected failure, strict, with its reason."""
+    for item in items:
+        reason = LACKS.get(server_of(item), {}).get(item.originalname)
+        if reason:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+OUTCOMES = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each test's outcome, by test function, server and other parameters."""
+    report = yield
+    failed_setup = report.when == "setup" and not report.passed
+    if report.when == "call" or failed_setup:
+        if hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        else:
+            outcome = report.outcome
+        server = server_of(item)
+        # The test's id without its server: "reserved-opcode" for "step03-reserved-opcode".
+        test_id = getattr(getattr(item, "callspec", None), "id", "")
+        params = test_id.replace(server, "", 1).strip("-") if server else test_id
+        OUTCOMES.append({
+            "file": item.path.name, "test": item.originalname, "server": server,
+            "params": params, "outcome": outcome, "reason": getattr(report, "wasxfail", ""),
+        })
+    return report
+
+
+def pytest_sessionfinish(session):
+    """Write the outcomes where --outcomes says."""
+    path = session.config.getoption("outcomes")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(OUTCOMES, indent=1))

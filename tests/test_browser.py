@@ -1,13 +1,14 @@
-"""The client (client/index.html) driven in a real browser: Debian's Chromium, through Playwright.
+"""The client (client/index.html) driven in a real browser: Chromium, through Playwright.
 
 Each test runs the page against a real server process (step02's wsgi.py and step03)
 and checks what a user sees: the status line, the message log and the count.
-Without Chromium (/usr/bin/chromium, or $CHROMIUM) every test here is skipped, with the reason.
+Which Chromium: tools/browser.py ($CHROMIUM, else Playwright's own, else the system's).
+Without one every test here is skipped, with the reason and how to get one.
 """
 
-import os
 import re
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,10 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_FILE_URL = (ROOT / "client" / "index.html").as_uri()
-# The Makefile passes its CHROMIUM on; Playwright's own browser download is not used.
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
+# One Chromium lookup for the tests, `make screenshot` and `make test`'s notice.
+sys.path.insert(0, str(ROOT / "tools"))
+from browser import CHROMIUM_ARGS, MISSING_CHROMIUM, find_chromium  # noqa: E402
+
 TIMEOUT = 10_000  # milliseconds for the page to show what we expect
 RECONNECT_TIMEOUT = 20_000  # the client's backoff caps at 10 s between attempts
 # Markup that would run if the page ever used a message as HTML.
@@ -34,11 +33,12 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium for this module's tests."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: install it with `apt-get install chromium`")
     with sync_playwright() as playwright:
+        chromium = find_chromium(playwright)
+        if chromium is None:
+            pytest.skip(MISSING_CHROMIUM)
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
 

@@ -127,7 +127,7 @@ def test_wsgi_py_never_imports_websockethandler(make_server):
 def test_gunicorn_wsgi_app_answers_the_handshake_with_200(make_server):
     """The post: `Run the server using gunicorn wsgi:app.` gunicorn's sync worker upgrades nothing.
 
-    Ours, `gunicorn --worker-class handler.Worker app:app`, upgrades: the contract
+    Ours, `gunicorn --worker-class protections.Worker app:app`, upgrades: the contract
     suite runs every test against it (the step02-gunicorn server).
     """
     command = [str(BIN / "gunicorn"), "--bind", "127.0.0.1:{port}", "wsgi:app"]
@@ -208,7 +208,8 @@ def test_posts_server_listens_on_every_interface(make_server):
 @pytest.mark.parametrize("name, cwd, script", [
     ("step01", "step01_http", "app.py"),
     ("step02", "step02_ws_gevent", "wsgi.py"),
-    ("step03", "step03_ws_asgi", "app.py"),
+    ("step03", "step03_ws_asgi", "server.py"),
+    ("step04", "step04_scale_out", "server.py"),
 ])
 def test_our_servers_listen_on_loopback_by_default(make_server, name, cwd, script):
     """Ours, started with no HOST and no --host, listen on 127.0.0.1 only."""
@@ -238,6 +239,7 @@ def test_plain_get_says_json_for_a_text_body():
     ("step01_http/app.py", 200),
     ("step02_ws_gevent/app.py", 426),
     ("step03_ws_asgi/app.py", 426),
+    ("step04_scale_out/app.py", 426),
 ])
 def test_our_plain_get_says_text_plain(path, status):
     """Ours say text/plain: step01 with 200, the WebSocket steps with 426 Upgrade Required."""

@@ -5,10 +5,7 @@ loopback port; the clients are the `websockets` library.
 """
 
 import contextlib
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -16,63 +13,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import TIMEOUT, free_port, receive_event
-
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
-)
+from conftest import TIMEOUT, receive_event
 
 QUIET = 2  # seconds of silence that show an event is not coming
 LEAVE_BOUND = 15  # seconds: the app promises 6 s expiry + 2 s sweep; the rest is slack
 RESUME_BOUND = 20  # seconds for the chat to work again once Redis is back
 UNAVAILABLE = "chat backplane unavailable, message not delivered"
-STEP04 = ("step04_scale_out", [sys.executable, "app.py", "--port", "{port}"])
-
-
-class RedisServer:
-    """A throwaway redis-server on a free port, without persistence."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self):
-        """Start redis-server and return once it answers PING."""
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.ping():
-                return self
-            time.sleep(0.05)
-        raise TimeoutError("redis-server did not answer PING in 10 s")
-
-    def ping(self):
-        """Send PING over a raw socket; True if Redis answers PONG."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self):
-        """Kill redis-server: no goodbye to its clients, nothing kept."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def redis_server():
-    server = RedisServer().start()
-    yield server
-    server.stop()
+STEP04 = ("step04_scale_out", [sys.executable, "server.py", "--port", "{port}"])
 
 
 @pytest.fixture

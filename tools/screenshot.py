@@ -1,10 +1,9 @@
 """Write docs/client.png: two chat tabs side by side, talking through step03.
 
-Run with `make screenshot`. Needs Debian's Chromium at /usr/bin/chromium.
+Run with `make screenshot`. Needs a Chromium: tools/browser.py says which, or how to get one.
 """
 
 import base64
-import os
 import sys
 from pathlib import Path
 
@@ -12,15 +11,11 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from browser import CHROMIUM_ARGS, MISSING_CHROMIUM, find_chromium  # noqa: E402  (tools/browser.py)
+
 from conftest import SERVERS, Server  # noqa: E402  (the tests' way to run a step)
 
 OUTPUT = ROOT / "docs" / "client.png"
-# The Makefile passes its CHROMIUM on; Playwright's own browser download is not used.
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]
 TIMEOUT = 10_000  # milliseconds
 CONVERSATION = [  # (tab, text), in order
     (0, "Hello from the page opened as a file!"),
@@ -72,13 +67,14 @@ def converse(tabs):
 
 def main():
     """Start step03, chat in two tabs, and save both tabs as one PNG."""
-    if not CHROMIUM.exists():
-        sys.exit(f"no Chromium at {CHROMIUM}: install it with `apt-get install chromium`")
-    server = Server("step03", *SERVERS["step03"]).start()
-    try:
-        with sync_playwright() as playwright:
+    with sync_playwright() as playwright:
+        chromium = find_chromium(playwright)
+        if chromium is None:
+            sys.exit(MISSING_CHROMIUM)
+        server = Server("step03", *SERVERS["step03"]).start()
+        try:
             browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+                executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
             context = browser.new_context(viewport={"width": 520, "height": 800})
             tabs = chat_tabs(context, server)
             converse(tabs)
@@ -92,8 +88,8 @@ def main():
             OUTPUT.parent.mkdir(exist_ok=True)
             sheet.screenshot(path=OUTPUT, full_page=True)
             browser.close()
-    finally:
-        server.stop()
+        finally:
+            server.stop()
     print(f"wrote {OUTPUT.relative_to(ROOT)}")
 
 

@@ -1,0 +1,122 @@
+"""The teaching shape: every WebSocket step has the same files, small enough to read side by side.
+
+These tests read files only; no server starts.
+"""
+
+import difflib
+import itertools
+import re
+
+import pytest
+
+from conftest import ROOT
+
+# The files each WebSocket step has: the app, its chat room, its protections, its start-up.
+STEP_FILES = {
+    "step02_ws_gevent": ["app.py", "chat.py", "protections.py", "wsgi.py", "minimal.py"],
+    "step03_ws_asgi": ["app.py", "chat.py", "protections.py", "server.py", "minimal.py"],
+    "step04_scale_out": ["app.py", "chat.py", "protections.py", "server.py"],
+}
+MAX_APP_LINES = 120
+MAX_MINIMAL_LINES = 50
+MAX_STEP02_TO_STEP03_DIFF = 150  # lines of `diff -u step02/app.py step03/app.py`
+
+# step04 runs step03's app on the same uvicorn with the same protections: only the
+# chat changes (Redis behind it). So these are copies, and must change together.
+IDENTICAL = [
+    ("step03_ws_asgi/protections.py", "step04_scale_out/protections.py"),
+    ("step03_ws_asgi/server.py", "step04_scale_out/server.py"),
+]
+
+# What step04's app.py may change in step03's: the Redis room, and nothing else.
+STEP04_CHANGES = [
+    r"Step [34]",  # the module docstring
+    r"import os",  # to read REDIS_URL
+    r"REDIS_URL",
+    r"backplane|RedisRoom",
+    r"\broom\b|\bRoom\b",
+    r"middleware",  # the room joins the middleware, to run its background tasks
+    r"\blog\b",
+]
+
+
+def lines(path):
+    """The lines of a file in the repository, with their line endings."""
+    return (ROOT / path).read_text().splitlines(keepends=True)
+
+
+def unified_diff(old, new):
+    """The lines of `diff -u old new`, for two files in the repository."""
+    return list(difflib.unified_diff(lines(old), lines(new), old, new))
+
+
+def changed_lines(diff):
+    """The added and removed lines of a unified diff, without the +/- and blank lines."""
+    return [
+        line[1:].strip()
+        for line in diff
+        if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
+    ]
+
+
+def identical_pairs():
+    """Every pair of same-named files in two step folders whose bytes are the same."""
+    pairs = []
+    for first, second in itertools.combinations(sorted(STEP_FILES), 2):
+        for name in sorted(set(STEP_FILES[first]) & set(STEP_FILES[second])):
+            a, b = f"{first}/{name}", f"{second}/{name}"
+            if (ROOT / a).read_bytes() == (ROOT / b).read_bytes():
+                pairs.append((a, b))
+    return pairs
+
+
+@pytest.mark.parametrize(
+    "path", [f"{step}/{name}" for step, names in STEP_FILES.items() for name in names]
+)
+def test_step_has_its_file(path):
+    """Each WebSocket step has its app, chat, protections, start-up file (and first rung)."""
+    assert (ROOT / path).is_file(), f"{path} is missing"
+
+
+@pytest.mark.parametrize("step", sorted(STEP_FILES))
+def test_app_is_short(step):
+    """Each step's app.py reads in one sitting."""
+    count = len(lines(f"{step}/app.py"))
+    assert count <= MAX_APP_LINES, f"{step}/app.py has {count} lines"
+
+
+@pytest.mark.parametrize("step", ["step02_ws_gevent", "step03_ws_asgi"])
+def test_minimal_is_short(step):
+    """Each first rung stays the post's code plus its fixes."""
+    count = len(lines(f"{step}/minimal.py"))
+    assert count <= MAX_MINIMAL_LINES, f"{step}/minimal.py has {count} lines"
+
+
+def test_step02_to_step03_app_diff_is_small():
+    """Moving the app from gevent to ASGI is a diff one can read."""
+    diff = unified_diff("step02_ws_gevent/app.py", "step03_ws_asgi/app.py")
+    assert len(diff) <= MAX_STEP02_TO_STEP03_DIFF, f"the diff has {len(diff)} lines"
+
+
+@pytest.mark.parametrize("pair", IDENTICAL, ids=lambda pair: pair[1])
+def test_shared_file_is_identical(pair):
+    """A file step04 shares with step03 is the same, byte for byte."""
+    first, second = pair
+    assert (ROOT / first).read_bytes() == (ROOT / second).read_bytes(), "".join(
+        unified_diff(first, second)
+    )
+
+
+def test_only_the_shared_files_are_identical():
+    """No other file is a silent copy of another step's: IDENTICAL is the whole list."""
+    assert identical_pairs() == IDENTICAL
+
+
+def test_step04_app_changes_only_the_room():
+    """step04's app.py is step03's with the Redis room; every other line is the same."""
+    diff = unified_diff("step03_ws_asgi/app.py", "step04_scale_out/app.py")
+    unexpected = [
+        line for line in changed_lines(diff)
+        if not any(re.search(pattern, line) for pattern in STEP04_CHANGES)
+    ]
+    assert unexpected == [], "".join(diff)
