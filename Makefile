@@ -44,7 +44,15 @@ test: $(DEV_STAMP)
 		echo "NOTICE: the browser tests are SKIPPED: $$chromium."
 	@command -v redis-server >/dev/null || \
 		echo "NOTICE: no redis-server: the step04-redis tests are SKIPPED (apt-get install redis-server)."
-	$(BIN)/pytest
+	$(BIN)/pytest --outcomes reports/outcomes.json
+	$(BIN)/python tools/protections_table.py --check reports/outcomes.json
+
+# docs/protections.md: every behaviour x every server, from a run of the three suites.
+.PHONY: protections
+protections: $(DEV_STAMP)
+	$(BIN)/pytest tests/test_contract.py tests/test_bad_input.py tests/test_faults.py \
+		--outcomes reports/outcomes.json
+	$(BIN)/python tools/protections_table.py reports/outcomes.json
 
 # The suite on every Python 3.10-3.13 found, each in its own .venv-3.X: every
 # `make test` there installs requirements-dev.txt into its own virtual environment.

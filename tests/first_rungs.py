@@ -27,6 +27,8 @@ COMMON = {
     "test_chat_answers_a_text_over_2000_characters_with_an_error": NO_CHAT,
     "test_a_client_that_stops_reading_does_not_stall_the_chat": NO_CHAT,
     "test_churn_leaves_an_empty_room_and_bounded_memory": NO_CHAT,
+    "test_a_dropped_chat_client_is_closed_when_it_reads_again": NO_CHAT,
+    "test_a_dropped_chat_client_paused_past_the_ping_timeout_is_closed": NO_CHAT,
     "test_refuses_a_foreign_origin_with_403": NO_ORIGIN_CHECK,
     "test_allowed_origins_replaces_the_default_origins": NO_ORIGIN_CHECK,
 }
@@ -44,7 +46,7 @@ LACKS = {
             "stock gevent-websocket closes without a code",
         "test_closes_a_protocol_error_with_1002":
             "stock gevent-websocket closes a protocol error without a code",
-        "test_sigterm_closes_every_client_with_1001_and_exits_0":
+        "test_sigterm_closes_every_client_with_1001_and_exits_cleanly":
             "SIGTERM ends the process at once: clients get no close frame",
         "test_ctrl_c_stops_the_server_without_a_traceback":
             "Ctrl+C ends the process at once: no close frame, a KeyboardInterrupt traceback",
@@ -57,7 +59,7 @@ LACKS = {
         **COMMON,
         "test_echoes_binary": TEXT_ONLY,
         "test_echoes_a_one_mebibyte_message": TEXT_ONLY,
-        "test_sigterm_closes_every_client_with_1001_and_exits_0":
+        "test_sigterm_closes_every_client_with_1001_and_exits_cleanly":
             "uvicorn says 1012 (service restart) at shutdown, not 1001 (going away)",
         "test_ctrl_c_stops_the_server_without_a_traceback":
             "uvicorn says 1012 (service restart) at shutdown, not 1001 (going away)",

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import struct
@@ -62,12 +63,13 @@ def assert_closed_with(ws, code):
 
 
 @pytest.mark.parametrize("path", ["/", "/chat"])
-def test_sigterm_closes_every_client_with_1001_and_exits_0(server, path):
+def test_sigterm_closes_every_client_with_1001_and_exits_cleanly(server, path):
     with open_ws(server, path) as ws:
         started = time.monotonic()
         exit_code = server.stop()
         assert_closed_with(ws, 1001)
-    assert exit_code == 0
+    # uvicorn re-raises the SIGTERM once it has shut down, as supervisors expect: -15.
+    assert exit_code in (0, -signal.SIGTERM)
     assert time.monotonic() - started < 5
 
 
@@ -169,3 +171,70 @@ def test_churn_leaves_an_empty_room_and_bounded_memory(server):
     wait_for(lambda: server.health()["chat_clients"] == 0, 10, "room not empty after churn")
     # 1,500 more cycles may not keep memory: allow allocator noise, not a leak.
     assert process_rss_kib(server) - warm < 20 * 1024
+
+
+# ---- A chat client that pauses its reading (a frozen tab, a laptop lid, a tunnel) ----
+
+PAUSE = 8  # seconds: longer than the chat's 5 s send timeout, shorter than the 20 s pings
+FLOOD = 5000  # messages of about 2 KB at most: more than the paused client's buffers hold
+
+
+def open_paused_chat(server):
+    """Join /chat with a client that answers pings but reads nothing until recv() is called.
+
+    A 4 KiB receive window and a one-message queue: the websockets client stops
+    reading its socket as soon as one message waits, so the server's sends pile up.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", server.port))
+    return open_ws(server, "/chat", sock=sock, max_queue=1)
+
+
+def flood_until_dropped(server, sender):
+    """Chat until the server drops the paused client from the room; fail if it never does."""
+    sender.recv(timeout=TIMEOUT)  # the welcome
+    for number in range(FLOOD):
+        # Random text: compression (negotiated as browsers do) cannot shrink it much.
+        sender.send(f"{number} {secrets.token_urlsafe(1490)}")
+        while json.loads(sender.recv(timeout=TIMEOUT))["type"] != "message":
+            pass
+        if number % 50 == 0 and server.health()["chat_clients"] == 1:
+            return
+    pytest.fail(f"the paused client was still in the room after {FLOOD} messages")
+
+
+def read_until_closed(ws):
+    """Read everything that was queued; return the close frame, or None if the connection ended."""
+    with pytest.raises(ConnectionClosed):
+        for _ in range(FLOOD + 100):
+            # A deaf connection fails here: nothing more comes, and nothing ends it.
+            ws.recv(timeout=TIMEOUT)
+    return ws.protocol.close_rcvd
+
+
+@pytest.mark.timeout(180)
+def test_a_dropped_chat_client_is_closed_when_it_reads_again(server):
+    """Dropped from the room, a paused client learns it as soon as it reads: never left deaf."""
+    paused = open_paused_chat(server)
+    with paused, open_ws(server, "/chat") as sender:
+        flood_until_dropped(server, sender)
+        time.sleep(PAUSE)  # still not reading, well past the send timeout
+        close = read_until_closed(paused)
+    # A close frame says why; step02 cuts the connection instead (no frame).
+    assert close is None or (close.code, close.reason) == (1008, "too slow to receive")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("step", WEBSOCKET_SERVERS)
+def test_a_dropped_chat_client_paused_past_the_ping_timeout_is_closed(start, step):
+    """Paused longer than ping interval plus timeout: the connection still ends when it reads."""
+    server = start(step, PING_INTERVAL="2", PING_TIMEOUT="2")
+    paused = open_paused_chat(server)
+    with paused, open_ws(server, "/chat") as sender:
+        flood_until_dropped(server, sender)
+        time.sleep(PAUSE)
+        close = read_until_closed(paused)
+    # 1008 from the room, or 1011 from the keepalive: either way, the client knows.
+    assert close is None or close.code in (1008, 1011)

@@ -69,7 +69,7 @@ ADDED_BY = {
     "test_chat_answers_a_text_over_2000_characters_with_an_error": same(["chat.py:Room.say"]),
     "test_closes_a_protocol_error_with_1002": {
         STEP02: ["protections.py:WebSocket.read_frame", "protections.py:WebSocket.receive"]},
-    "test_sigterm_closes_every_client_with_1001_and_exits_0": SHUTDOWN_1001,
+    "test_sigterm_closes_every_client_with_1001_and_exits_cleanly": SHUTDOWN_1001,
     "test_ctrl_c_stops_the_server_without_a_traceback": SHUTDOWN_1001,
     "test_sigterm_does_not_wait_for_a_client_that_stops_reading": asgi(
         ["protections.py:close_all"], ["protections.py:OpenWebSockets.close_all"]),
@@ -81,6 +81,12 @@ ADDED_BY = {
     "test_a_silent_peer_is_dropped_after_the_ping_timeout": asgi(
         ["protections.py:WebSocket.keep_alive"], ["server.py:/ws_ping_interval/"]),
     "test_churn_leaves_an_empty_room_and_bounded_memory": same(["chat.py:Room.leave"]),
+    "test_a_dropped_chat_client_is_closed_when_it_reads_again": asgi(
+        ["chat.py:ChatClient.drop", "protections.py:WebSocket.abort"],
+        ["chat.py:ChatClient.drop", "chat.py:ChatClient.close_dropped"]),
+    "test_a_dropped_chat_client_paused_past_the_ping_timeout_is_closed": asgi(
+        ["chat.py:ChatClient.drop", "protections.py:WebSocket.keep_alive"],
+        ["chat.py:ChatClient.close_dropped", "server.py:/ws_ping_interval/"]),
 }
 
 
