@@ -32,6 +32,7 @@ SERVERS = {
     # First rungs: the post's code made to run, nothing else (they read $PORT).
     "step02-minimal": ("step02_ws_gevent", [PYTHON, "minimal.py"]),
     "step03-minimal": ("step03_ws_asgi", [PYTHON, "minimal.py"]),
+    "step04-minimal": ("step04_scale_out", [PYTHON, "minimal.py"]),
     # Second rungs: the hardened steps.
     "step02": ("step02_ws_gevent", [PYTHON, "wsgi.py", "--port", "{port}"]),
     "step02-gunicorn": (
@@ -45,10 +46,10 @@ SERVERS = {
     "step04-redis": ("step04_scale_out", [PYTHON, "server.py", "--port", "{port}"]),
 }
 # The first rungs have no /health: the tests wait for their port instead.
-WITHOUT_HEALTH = {"step02-minimal", "step03-minimal"}
+WITHOUT_HEALTH = {"step02-minimal", "step03-minimal", "step04-minimal"}
 HARDENED_SERVERS = ["step02", "step02-gunicorn", "step03", "step04", "step04-redis"]
 WEBSOCKET_SERVERS = ["step02-minimal", "step02", "step02-gunicorn",
-                     "step03-minimal", "step03", "step04", "step04-redis"]
+                     "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis"]
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -284,7 +285,7 @@ def redis_server():
 def start_step(request, make_server, name, env=None):
     """Start a step by name; step04-redis gets a redis-server of its own, step04 none."""
     env = dict(env or {})
-    if name == "step04-redis":
+    if name in ("step04-redis", "step04-minimal"):
         env["REDIS_URL"] = request.getfixturevalue("redis_server").url
     elif name == "step04":
         env["REDIS_URL"] = ""
