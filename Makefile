@@ -135,3 +135,20 @@ step04: $(RUN_STAMP)
 	echo "  or file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT2)/&endpoint=chat"; \
 	echo "Ctrl+C stops both servers and Redis."; \
 	wait
+
+# step04's first rung: two processes relaying one chat through a throwaway Redis.
+.PHONY: step04-minimal
+step04-minimal: $(RUN_STAMP)
+	@command -v redis-server >/dev/null || { echo "step04 needs redis-server: apt-get install redis-server"; exit 1; }
+	@trap 'kill $$pids 2>/dev/null; wait' INT TERM EXIT; \
+	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save "" --appendonly no --loglevel warning & pids=$$!; \
+	export REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0 HOST=$(HOST); \
+	cd step04_scale_out; \
+	PORT=$(PORT) $(STEP_BIN)/python minimal.py & pids="$$pids $$!"; \
+	PORT=$(PORT2) $(STEP_BIN)/python minimal.py & pids="$$pids $$!"; \
+	sleep 1; \
+	echo "One chat relayed by two processes: point a client at each port:"; \
+	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT)/&endpoint=chat"; \
+	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT2)/&endpoint=chat"; \
+	echo "Ctrl+C stops both servers and Redis."; \
+	wait

@@ -11,7 +11,7 @@ import secrets
 
 import uvicorn
 
-# The same values step03_ws_asgi/app.py passes to uvicorn.run().
+# The same values step03_ws_asgi/server.py gives uvicorn.Config().
 MAX_MESSAGE_SIZE = 16 * 2**20
 PING_INTERVAL = 20
 PING_TIMEOUT = 20

@@ -11,14 +11,16 @@ import pytest
 
 from conftest import ROOT
 
-# The files each WebSocket step has: the app, its chat room, its protections, its start-up.
+# The files each WebSocket step has: the app, its chat room, its protections, its start-up,
+# and its first rung (minimal.py: the post's code made to run).
 STEP_FILES = {
     "step02_ws_gevent": ["app.py", "chat.py", "protections.py", "wsgi.py", "minimal.py"],
     "step03_ws_asgi": ["app.py", "chat.py", "protections.py", "server.py", "minimal.py"],
-    "step04_scale_out": ["app.py", "chat.py", "protections.py", "server.py"],
+    "step04_scale_out": ["app.py", "chat.py", "protections.py", "server.py", "minimal.py"],
 }
 MAX_APP_LINES = 120
-MAX_MINIMAL_LINES = 50
+# The post's code made to run: 50 lines. step04's rung adds the Redis relay to step03's.
+MAX_MINIMAL_LINES = {"step02_ws_gevent": 50, "step03_ws_asgi": 50, "step04_scale_out": 80}
 MAX_STEP02_TO_STEP03_DIFF = 150  # lines of `diff -u step02/app.py step03/app.py`
 
 # step04 runs step03's app on the same uvicorn with the same protections: only the
@@ -85,11 +87,11 @@ def test_app_is_short(step):
     assert count <= MAX_APP_LINES, f"{step}/app.py has {count} lines"
 
 
-@pytest.mark.parametrize("step", ["step02_ws_gevent", "step03_ws_asgi"])
+@pytest.mark.parametrize("step", sorted(path.parent.name for path in ROOT.glob("*/minimal.py")))
 def test_minimal_is_short(step):
-    """Each first rung stays the post's code plus its fixes."""
+    """Each first rung, wherever there is one, stays the post's code plus its fixes."""
     count = len(lines(f"{step}/minimal.py"))
-    assert count <= MAX_MINIMAL_LINES, f"{step}/minimal.py has {count} lines"
+    assert count <= MAX_MINIMAL_LINES[step], f"{step}/minimal.py has {count} lines"
 
 
 def test_step02_to_step03_app_diff_is_small():

@@ -19,6 +19,7 @@ PYTHON = sys.executable
 STANDALONE = {
     "step02-minimal": ("step02_ws_gevent", [PYTHON, "minimal.py"], {}),
     "step03-minimal": ("step03_ws_asgi", [PYTHON, "minimal.py"], {}),
+    "step04-minimal": ("step04_scale_out", [PYTHON, "minimal.py"], {}),  # + its own redis-server
     "step02": ("step02_ws_gevent", [PYTHON, "wsgi.py", "--port", "{port}"], {}),
     "step03": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}"], {}),
     "step04": ("step04_scale_out", [PYTHON, "server.py", "--port", "{port}"], {"REDIS_URL": ""}),
@@ -28,11 +29,13 @@ NO_CLIENT = "no client at"
 
 
 @pytest.fixture
-def start_copy(make_server, tmp_path):
+def start_copy(request, make_server, tmp_path):
     """Copy a step's folder alone into tmp_path and start it from there."""
 
     def start(name):
         folder, command, env = STANDALONE[name]
+        if name == "step04-minimal":
+            env = {"REDIS_URL": request.getfixturevalue("redis_server").url}
         copy = tmp_path / folder
         shutil.copytree(ROOT / folder, copy, ignore=shutil.ignore_patterns("__pycache__"))
         return make_server(name, cwd=copy, command=command, env=env)
