@@ -64,7 +64,7 @@ CONNECT_BUDGET = 40  # seconds for the room to fill
 WARMUP = 5  # seconds of traffic before the first memory reading
 DRAIN_TIMEOUT = 10  # seconds after the last send for what is on its way
 LEAVE_DRAIN_TIMEOUT = 5  # seconds a leaving client waits for what was sent before it left
-FINAL_CLOSE_TIMEOUT = 10  # seconds for every client to close at the end
+FINAL_CLOSE_TIMEOUT = 20  # seconds for every client to close at the end
 EMPTY_TIMEOUT = 10  # seconds for the server's room to empty once they did
 REJOIN_DELAY = 0.5  # seconds before a dropped client joins again
 SLACK = 60  # seconds per server beyond --minutes, start to stop
@@ -556,10 +556,15 @@ class Soak:
         closing = time.monotonic()
         sockets = list(self.open.values())
         self.open.clear()
-        budget = max(1.0, min(FINAL_CLOSE_TIMEOUT, deadline - time.monotonic()))
-        if sockets:
-            await asyncio.wait([asyncio.create_task(ws.close()) for ws in sockets],
-                               timeout=budget)
+        end = min(closing + FINAL_CLOSE_TIMEOUT, deadline)
+        # In batches, as they came: all at once, each leave would go to all the others
+        # at the same moment, a burst the server's memory would keep the mark of.
+        for first in range(0, len(sockets), CONNECT_BATCH):
+            batch = sockets[first:first + CONNECT_BATCH]
+            await asyncio.wait([asyncio.create_task(ws.close()) for ws in batch],
+                               timeout=max(0.1, end - time.monotonic()))
+            if first % 200 == 0:
+                log(f"DEBUG close batch {first}: RSS {rss_mib(serving_pid(self.server))}")
         for task in tasks:
             task.cancel()
         if tasks:
@@ -567,6 +572,9 @@ class Soak:
         for ws in sockets:
             ws.transport.abort()
         self.timings["close"] = time.monotonic() - closing
+        for _ in range(5):
+            log(f"DEBUG after close: RSS {rss_mib(serving_pid(self.server))}")
+            await asyncio.sleep(1)
 
     def verdict(self):
         """Count, for every membership, what it got of what was sent in its window."""
