@@ -44,14 +44,14 @@ test: $(DEV_STAMP)
 		echo "NOTICE: the browser tests are SKIPPED: $$chromium."
 	@command -v redis-server >/dev/null || \
 		echo "NOTICE: no redis-server: the step04-redis tests are SKIPPED (apt-get install redis-server)."
-	$(BIN)/pytest --outcomes reports/outcomes.json
+	$(BIN)/pytest --outcomes=reports/outcomes.json
 	$(BIN)/python tools/protections_table.py --check reports/outcomes.json
 
 # docs/protections.md: every behaviour x every server, from a run of the three suites.
 .PHONY: protections
 protections: $(DEV_STAMP)
 	$(BIN)/pytest tests/test_contract.py tests/test_bad_input.py tests/test_faults.py \
-		--outcomes reports/outcomes.json
+		--outcomes=reports/outcomes.json
 	$(BIN)/python tools/protections_table.py reports/outcomes.json
 
 # The suite on every Python 3.10-3.13 found, each in its own .venv-3.X: every
@@ -152,3 +152,9 @@ step04-minimal: $(RUN_STAMP)
 	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT2)/&endpoint=chat"; \
 	echo "Ctrl+C stops both servers and Redis."; \
 	wait
+
+# Many chat clients on every hardened server for minutes: nothing lost, duplicated or
+# left open but deaf, memory back down. Options: make soak SOAK_ARGS="--quick".
+.PHONY: soak
+soak: $(DEV_STAMP)
+	$(BIN)/python tools/soak.py $(SOAK_ARGS)

@@ -153,6 +153,8 @@ class Server:
         self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
         self.process = None
         self.log = None
+        self.signalled = False  # set once a test or the fixture signals the process
+        self.tracebacks_expected = False
 
     @property
     def http_url(self):
@@ -164,6 +166,7 @@ class Server:
 
     def start(self, wait=True):
         """Start the process; with wait, return once /health answers."""
+        self.signalled = False
         # A file, not a pipe: a chatty server must never block on a full pipe.
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
@@ -200,6 +203,7 @@ class Server:
         """Signal the process group and wait for it; return the exit code."""
         if self.process is None or self.process.poll() is not None:
             return self.process and self.process.returncode
+        self.signalled = True
         os.killpg(self.process.pid, sig)
         try:
             return self.process.wait(timeout)
@@ -214,24 +218,49 @@ class Server:
         return self.log.read().decode(errors="replace")
 
 
-@pytest.fixture
-def make_server():
-    """Start any step (by name, or cwd and command) and stop it after the test."""
-    started = []
+def is_the_posts_code(name):
+    """True for the post's code (tests/post) and the first rungs: their tracebacks are lessons."""
+    return name.startswith("post") or name.endswith("-minimal")
 
-    def start(name, cwd=None, command=None, env=None, wait=True):
+
+def server_problems(server):
+    """What a server did wrong by itself during a test: died, or logged a traceback."""
+    problems = []
+    if server.process.poll() is not None and not server.signalled:
+        problems.append(f"exited by itself with code {server.process.returncode}")
+    if "Traceback" in server.output() and not server.tracebacks_expected:
+        problems.append("logged a traceback")
+    return problems
+
+
+@pytest.fixture
+def make_server(request):
+    """Start any step (by name, or cwd and command); stop it after the test, then check its log.
+
+    A server that died by itself or logged a traceback fails the test with its log,
+    unless it runs the post's code (tests/post, the first rungs) or the test expects it.
+    """
+    started = request.node.servers = []
+
+    def start(name, cwd=None, command=None, env=None, wait=True, tracebacks_expected=False):
         if cwd is None:
             cwd, command = SERVERS[name]
         server = Server(name, cwd, command, env)
+        server.tracebacks_expected = tracebacks_expected or is_the_posts_code(name)
         started.append(server)
         return server.start(wait=wait)
 
     yield start
+    problems = []
     for server in started:
+        problems += [f"{server.name} {problem}:\n{server.output()}"
+                     for problem in server_problems(server)]
         try:
             server.stop(signal.SIGKILL)
         except subprocess.TimeoutExpired:
             pass
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 class RedisServer:
@@ -319,7 +348,7 @@ def server_of(item):
 
 def pytest_addoption(parser):
     parser.addoption("--outcomes", metavar="PATH",
-                     help="write every test's server and outcome to PATH, as JSON "
+                     help="write every test's server and outcome to PATH, as JSON (use --outcomes=PATH) "
                           "(tools/protections_table.py reads it)")
 
 
@@ -338,6 +367,11 @@ OUTCOMES = []
 def pytest_runtest_makereport(item, call):
     """Remember each test's outcome, by test function, server and other parameters."""
     report = yield
+    # A failed test shows the log of every server it started.
+    if report.failed:
+        for server in getattr(item, "servers", []):
+            if server.log is not None:
+                report.sections.append((f"{server.name} log", server.output()))
     failed_setup = report.when == "setup" and not report.passed
     if report.when == "call" or failed_setup:
         if hasattr(report, "wasxfail"):
