@@ -347,8 +347,9 @@ def server_of(item):
 
 
 def pytest_addoption(parser):
+    # Spell it --outcomes=PATH: a bare PATH that exists is taken for a test path too early.
     parser.addoption("--outcomes", metavar="PATH",
-                     help="write every test's server and outcome to PATH, as JSON (use --outcomes=PATH) "
+                     help="write every test's server and outcome to PATH, as JSON "
                           "(tools/protections_table.py reads it)")
 
 
