@@ -8,6 +8,7 @@ server going away should say 1001.
 import asyncio
 import contextlib
 import fnmatch
+import logging
 import os
 
 import falcon
@@ -33,6 +34,20 @@ def origin_allowed(origin):
     if origin is None:
         return True
     return any(fnmatch.fnmatchcase(origin, pattern.strip()) for pattern in ALLOWED_ORIGINS)
+
+
+class ClientErrorsOnOneLine(logging.Filter):
+    """Log a client's invalid UTF-8 on one line: uvicorn adds a traceback of its own code."""
+
+    def filter(self, record):
+        """Drop the traceback; keep the line (uvicorn has closed the connection with 1007)."""
+        if record.getMessage().startswith("Invalid UTF-8"):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+# Any client can send bad bytes: a traceback each time would flood the log and hide real errors.
+logging.getLogger("uvicorn.error").addFilter(ClientErrorsOnOneLine())
 
 
 class OriginCheck:
