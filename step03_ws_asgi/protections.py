@@ -93,6 +93,13 @@ class Server(uvicorn.Server):
     """uvicorn, except that clients hear 1001 (going away) at shutdown, not 1012."""
 
     async def shutdown(self, sockets=None):
-        """Say 1001 to every client, then stop as uvicorn does."""
+        """Say 1001 to every client, cut those that stopped reading, then stop as uvicorn does."""
         await open_websockets.close_all(1001, "server shutting down")
+        # A peer that stopped reading never takes its close frame, and its handler would
+        # wait on a send until uvicorn cancels it (with a traceback): cut it, as step02 does.
+        for connection in list(self.server_state.connections):
+            is_websocket = getattr(connection, "scope", {}).get("type") == "websocket"
+            transport = getattr(connection, "transport", None)
+            if is_websocket and transport and transport.get_write_buffer_size():
+                transport.abort()
         await super().shutdown(sockets)

@@ -118,6 +118,39 @@ def test_closes_a_1_gib_frame_header_with_1009_without_growing(server):
     assert_echo_works(server)
 
 
+def test_echo_accepts_a_message_of_exactly_16_mib(server):
+    payload = "x" * ECHO_LIMIT
+    with open_ws(server, max_size=None) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=3 * TIMEOUT) == payload  # 16 MiB each way on a busy machine
+
+
+def test_chat_accepts_a_text_of_exactly_2000_characters(server):
+    text = "é" * 2000  # characters, not bytes: 4,000 bytes in UTF-8
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        ws.send(text)
+        assert receive_event(ws)["text"] == text
+
+
+def test_chat_answers_a_message_of_exactly_64_kib_with_an_error_not_a_close(server):
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        ws.send("x" * CHAT_LIMIT)  # within the size limit, over 2,000 characters
+        assert receive_event(ws)["type"] == "error"
+        ws.send("still here")
+        assert receive_event(ws)["text"] == "still here"
+
+
+@pytest.mark.parametrize("step", ["step02", "step02-gunicorn"])
+def test_step02_closes_a_chat_message_over_64_kib_from_its_header_alone(start, step):
+    server = start(step)
+    with raw_handshake(server, "/chat") as sock:
+        # The header announces one byte over the limit; only 8 bytes follow.
+        sock.sendall(frame(OPCODE_TEXT, length=CHAT_LIMIT + 1) + b"x" * 8)
+        assert read_close_code(sock) == 1009
+
+
 def test_closes_invalid_utf8_text_with_1007(server):
     with raw_handshake(server) as sock:
         sock.sendall(frame(OPCODE_TEXT, b"caf\xc3("))
@@ -161,3 +194,16 @@ def test_allowed_origins_replaces_the_default_origins(start, step):
     with pytest.raises(InvalidStatus) as raised:
         open_ws(server, origin="http://localhost:8000")
     assert raised.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("step", WEBSOCKET_SERVERS)
+def test_allowed_origins_takes_several_patterns_and_globs(start, step):
+    server = start(step, ALLOWED_ORIGINS="https://app.example.com, https://*.example.org")
+    for origin in ("https://app.example.com", "https://chat.example.org"):
+        with open_ws(server, "/chat", origin=origin) as ws:
+            assert receive_event(ws)["type"] == "welcome"
+    # null (a file:// page) is no longer listed, nor is any other site.
+    for origin in ("null", "http://localhost:8000", "https://example.org.evil.example"):
+        with pytest.raises(InvalidStatus) as raised:
+            open_ws(server, "/chat", origin=origin)
+        assert raised.value.response.status_code == 403, origin

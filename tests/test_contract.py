@@ -78,22 +78,32 @@ def test_chat_welcomes_a_client_with_its_id(server):
     assert welcome["id"]
 
 
+def receive_chat_event(ws):
+    """Receive a join, leave or message event, without the event_id that step05 adds."""
+    # The contract grew in step05: each event carries its place in the stream (event_id),
+    # which a client sends back to resume. tests/test_step05.py checks it is there.
+    event = receive_event(ws)
+    event.pop("event_id", None)
+    return event
+
+
 def test_chat_among_three_clients_with_a_leave(server):
     with open_ws(server, "/chat") as alice, open_ws(server, "/chat") as bob:
         alice_id = receive_event(alice)["id"]
-        assert receive_event(alice) == {"type": "join", "id": receive_event(bob)["id"], "count": 2}
+        bob_id = receive_event(bob)["id"]
+        assert receive_chat_event(alice) == {"type": "join", "id": bob_id, "count": 2}
         with open_ws(server, "/chat") as carol:
             carol_id = receive_event(carol)["id"]
             for ws in (alice, bob):
-                assert receive_event(ws) == {"type": "join", "id": carol_id, "count": 3}
+                assert receive_chat_event(ws) == {"type": "join", "id": carol_id, "count": 3}
 
             alice.send("hello, room")
             expected = {"type": "message", "id": alice_id, "text": "hello, room"}
             # Everyone gets it, the sender included.
             for ws in (alice, bob, carol):
-                assert receive_event(ws) == expected
+                assert receive_chat_event(ws) == expected
         for ws in (alice, bob):
-            assert receive_event(ws) == {"type": "leave", "id": carol_id, "count": 2}
+            assert receive_chat_event(ws) == {"type": "leave", "id": carol_id, "count": 2}
         assert server.health()["chat_clients"] == 2
 
 
@@ -129,6 +139,15 @@ def test_chat_closes_a_binary_message_with_1003(server):
 def test_refuses_a_foreign_origin_with_403(server):
     with pytest.raises(InvalidStatus) as raised:
         open_ws(server, origin="http://evil.example")
+    assert raised.value.response.status_code == 403
+
+
+def test_refuses_a_foreign_origin_on_chat_with_403(server):
+    # Cross-site WebSocket hijacking targets the chat: the same client without it gets in.
+    with open_ws(server, "/chat") as ws:
+        assert receive_event(ws)["type"] == "welcome"
+    with pytest.raises(InvalidStatus) as raised:
+        open_ws(server, "/chat", origin="http://evil.example")
     assert raised.value.response.status_code == 403
 
 

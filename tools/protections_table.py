@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "protections.md"
 SUITES = ["test_contract.py", "test_bad_input.py", "test_faults.py"]
-SERVERS = ["step02-minimal", "step02", "step02-gunicorn",
+SERVERS = ["step02-minimal", "step02", "step02-gunicorn", "step02-simple",
            "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis"]
-HEADINGS = ["02 minimal", "02", "02 gunicorn", "03 minimal", "03", "04 minimal", "04",
-            "04 Redis"]
+HEADINGS = ["02 minimal", "02", "02 gunicorn", "02 simple-websocket", "03 minimal", "03",
+            "04 minimal", "04", "04 Redis"]
 STEP02, STEP03, STEP04 = "step02_ws_gevent", "step03_ws_asgi", "step04_scale_out"
 
 
@@ -68,11 +68,18 @@ ADDED_BY = {
         ["protections.py:WebSocket.read_frame"], ["server.py:/ws_max_size/"]),
     "test_closes_invalid_utf8_text_with_1007": {STEP02: ["protections.py:WebSocket.receive"]},
     "test_chat_answers_a_text_over_2000_characters_with_an_error": same(["chat.py:Room.say"]),
+    "test_chat_accepts_a_text_of_exactly_2000_characters": same(["chat.py:Room.say"]),
+    "test_chat_answers_a_message_of_exactly_64_kib_with_an_error_not_a_close": same(
+        ["chat.py:Room.say"]),
+    "test_refuses_a_foreign_origin_on_chat_with_403": asgi(
+        ["protections.py:Handler.upgrade_websocket"], ["protections.py:OriginCheck"]),
+    "test_allowed_origins_takes_several_patterns_and_globs": same(
+        ["protections.py:origin_allowed"]),
     "test_closes_a_protocol_error_with_1002": {
         STEP02: ["protections.py:WebSocket.read_frame", "protections.py:WebSocket.receive"]},
     "test_sigterm_closes_every_client_with_1001_and_exits_cleanly": SHUTDOWN_1001,
     "test_ctrl_c_stops_the_server_without_a_traceback": SHUTDOWN_1001,
-    "test_sigterm_does_not_wait_for_a_client_that_stops_reading": asgi(
+    "test_shutdown_does_not_wait_for_a_client_that_stops_reading": asgi(
         ["protections.py:close_all"], ["protections.py:OpenWebSockets.close_all"]),
     "test_a_client_that_answers_pings_is_kept": {STEP02: ["protections.py:WebSocket.keep_alive"]},
     "test_a_client_that_stops_reading_does_not_stall_the_chat": asgi(

@@ -1,0 +1,50 @@
+"""The commands the READMEs give are the commands the tests start.
+
+Each step's README says `make stepNN`; conftest.SERVERS says how the tests start that
+server. `make -n` prints the Makefile's command line without running it: both must match.
+"""
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SERVERS
+
+PORT = "4321"  # any number: nothing is started
+# Server name in conftest -> make target whose last command starts it.
+TARGETS = {
+    "step02-minimal": "step02-minimal",
+    "step02": "step02",
+    "step02-gunicorn": "step02-gunicorn",
+    "step03-minimal": "step03-minimal",
+    "step03": "step03",
+}
+
+
+def normalized(words):
+    """A command with its environment assignments dropped and programs named without a path."""
+    words = [word for word in words if not word.startswith(("HOST=", "PORT="))]
+    names = [Path(word).name if word.startswith("/") else word for word in words]
+    # python3 and python3.11 in a virtual environment are its python.
+    return [re.sub(r"^python[\d.]*$", "python", name) for name in names]
+
+
+def made_command(target):
+    """The folder and the command line `make TARGET` runs to start its server."""
+    printed = subprocess.run(
+        ["make", "-n", "--no-print-directory", target, f"PORT={PORT}", "HOST=127.0.0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.replace("\\\n", " ")
+    line = next(line for line in printed.splitlines() if line.startswith("cd step"))
+    folder, command = line.removeprefix("cd ").split(" && ", 1)
+    return folder, normalized(shlex.split(command))
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_the_make_target_starts_what_the_tests_start(name):
+    folder, command = SERVERS[name]
+    tested = normalized([word.format(port=PORT) for word in command])
+    assert made_command(TARGETS[name]) == (folder, tested)
