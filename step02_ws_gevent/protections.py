@@ -57,7 +57,7 @@ def origin_allowed(origin):
 
 def repaired(ws, max_message_size):
     """Give ws its size limit; False, having closed it, if it is stock gevent-websocket's."""
-    if isinstance(ws, WebSocket):
+    if isinstance(ws, tuple(REPAIRED)):
         ws.max_message_size = max_message_size
         return True
     # Stock gevent-websocket cannot even say why it closes: the reason is in the log.
@@ -207,6 +207,10 @@ class WebSocket(upstream.WebSocket):
             self.handler.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+# The WebSockets repaired() accepts: this one, and simple.py's, which adds itself.
+REPAIRED = [WebSocket]
 
 
 class Handler(WebSocketHandler):

@@ -19,6 +19,7 @@ TARGETS = {
     "step02-minimal": "step02-minimal",
     "step02": "step02",
     "step02-gunicorn": "step02-gunicorn",
+    "step02-simple": "step02-simple",
     "step03-minimal": "step03-minimal",
     "step03": "step03",
 }

@@ -20,11 +20,14 @@ STANDALONE = {
     "step02-minimal": ("step02_ws_gevent", [PYTHON, "minimal.py"], {}),
     "step03-minimal": ("step03_ws_asgi", [PYTHON, "minimal.py"], {}),
     "step04-minimal": ("step04_scale_out", [PYTHON, "minimal.py"], {}),  # + its own redis-server
+    "step05-minimal": ("step05_resume", [PYTHON, "minimal.py"], {}),  # + its own redis-server
     "step02": ("step02_ws_gevent", [PYTHON, "wsgi.py", "--port", "{port}"], {}),
+    "step02-simple": ("step02_ws_gevent", [PYTHON, "wsgi_simple.py", "--port", "{port}"], {}),
     "step03": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}"], {}),
     "step04": ("step04_scale_out", [PYTHON, "server.py", "--port", "{port}"], {"REDIS_URL": ""}),
+    "step05": ("step05_resume", [PYTHON, "server.py", "--port", "{port}"], {}),  # + redis-server
 }
-HARDENED = ["step02", "step03", "step04"]
+HARDENED = ["step02", "step02-simple", "step03", "step04", "step05"]
 NO_CLIENT = "no client at"
 
 
@@ -34,7 +37,7 @@ def start_copy(request, make_server, tmp_path):
 
     def start(name):
         folder, command, env = STANDALONE[name]
-        if name == "step04-minimal":
+        if name in ("step04-minimal", "step05-minimal", "step05"):
             env = {"REDIS_URL": request.getfixturevalue("redis_server").url}
         copy = tmp_path / folder
         shutil.copytree(ROOT / folder, copy, ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,6 +1,7 @@
 """Run the Autobahn TestSuite cases through kosoku against each WebSocket server.
 
-Usage: python tools/conformance.py [SERVER ...]   (default: step02 step02-gunicorn step03)
+Usage: python tools/conformance.py [SERVER ...]
+       (default: step02 step02-gunicorn step02-simple step03)
 
 Each server is started on a free loopback port; kosoku drives its echo endpoint "/"
 with cases 1.* to 7.* and 10.*, and writes HTML reports to reports/<server>/.
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import SERVERS, Server  # noqa: E402
 
 # The hardened servers of the steps whose protocol code differs (step04 runs step03's).
-DEFAULT_SERVERS = ["step02", "step02-gunicorn", "step03"]
+DEFAULT_SERVERS = ["step02", "step02-gunicorn", "step02-simple", "step03"]
 # 8.* and 9.* are performance cases, 12.* and 13.* need permessage-deflate.
 CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "10.*"]
 RUN_TIMEOUT = 300  # seconds for all cases against one server
