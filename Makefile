@@ -107,6 +107,12 @@ step02-gunicorn: $(RUN_STAMP)
 	cd step02_ws_gevent && $(STEP_BIN)/gunicorn --worker-class protections.Worker \
 		--worker-connections 10000 --bind $(HOST):$(PORT) --graceful-timeout 3 app:app
 
+# The same app on gevent through simple-websocket (maintained, wsproto) instead of gevent-websocket.
+.PHONY: step02-simple
+step02-simple: $(RUN_STAMP)
+	$(open_client)
+	cd step02_ws_gevent && $(STEP_BIN)/python wsgi_simple.py --host $(HOST) --port $(PORT)
+
 step03-minimal: $(RUN_STAMP)
 	@echo "Open file://$(CURDIR)/client/index.html?url=ws://$(HOST):$(PORT)/ in a browser (echo only)."
 	cd step03_ws_asgi && HOST=$(HOST) PORT=$(PORT) $(STEP_BIN)/python minimal.py
@@ -150,6 +156,46 @@ step04-minimal: $(RUN_STAMP)
 	echo "One chat relayed by two processes: point a client at each port:"; \
 	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT)/&endpoint=chat"; \
 	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT2)/&endpoint=chat"; \
+	echo "Ctrl+C stops both servers and Redis."; \
+	wait
+
+# step05: step04's two processes, the chat on a Redis stream that clients resume from.
+# This Redis appends every change to a file (AOF) in a temporary folder: kill it and
+# start it again with the command printed, and nothing acknowledged is lost.
+# Ctrl+C stops all three and removes the folder.
+.PHONY: step05
+step05: $(RUN_STAMP)
+	@command -v redis-server >/dev/null || { echo "step05 needs redis-server: apt-get install redis-server"; exit 1; }
+	@dir=$$(mktemp -d); trap 'kill $$pids 2>/dev/null; wait; rm -rf "$$dir"' INT TERM EXIT; \
+	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save "" --appendonly yes --dir "$$dir" --loglevel warning & pids=$$!; \
+	export REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0; \
+	cd step05_resume; \
+	$(STEP_BIN)/python server.py --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
+	$(STEP_BIN)/python server.py --host $(HOST) --port $(PORT2) & pids="$$pids $$!"; \
+	sleep 1; \
+	echo "One chat, two processes, resumable: open these two in a browser, or point any client at either port:"; \
+	echo "  http://localhost:$(PORT)/client/?endpoint=chat"; \
+	echo "  http://localhost:$(PORT2)/client/?endpoint=chat"; \
+	echo "Redis keeps its AOF in $$dir. To restart it: kill -9 $${pids%% *}, then in another terminal"; \
+	echo "  redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save '' --appendonly yes --dir $$dir"; \
+	echo "Ctrl+C stops both servers and Redis."; \
+	wait
+
+# step05's first rung: two processes on one Redis stream, each client reading it from its last id.
+.PHONY: step05-minimal
+step05-minimal: $(RUN_STAMP)
+	@command -v redis-server >/dev/null || { echo "step05 needs redis-server: apt-get install redis-server"; exit 1; }
+	@dir=$$(mktemp -d); trap 'kill $$pids 2>/dev/null; wait; rm -rf "$$dir"' INT TERM EXIT; \
+	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save "" --appendonly yes --dir "$$dir" --loglevel warning & pids=$$!; \
+	export REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0 HOST=$(HOST); \
+	cd step05_resume; \
+	PORT=$(PORT) $(STEP_BIN)/python minimal.py & pids="$$pids $$!"; \
+	PORT=$(PORT2) $(STEP_BIN)/python minimal.py & pids="$$pids $$!"; \
+	sleep 1; \
+	echo "One chat on a Redis stream, two processes: point a client at each port:"; \
+	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT)/&endpoint=chat"; \
+	echo "  file://$(CURDIR)/client/index.html?url=ws://localhost:$(PORT2)/&endpoint=chat"; \
+	echo "Reconnect with ws://localhost:$(PORT2)/chat?last_id=<the last event_id you saw>."; \
 	echo "Ctrl+C stops both servers and Redis."; \
 	wait
 
