@@ -1,6 +1,8 @@
 // Falcon WebSocket client: one page that talks to the echo (/) and chat (/chat)
 // endpoints of step02/step03, and explains what is wrong when step01 (plain
-// HTTP, no websocket) is running instead.
+// HTTP, no websocket) is running instead. When a chat server says "resume" in
+// its welcome (step05), the page also resumes after a reconnect and keeps what
+// is typed while disconnected, so that nothing is lost and nothing shown twice.
 //
 // Rule for this file: text that comes from the network is only ever shown
 // through textContent, so a message can never become markup on this page.
@@ -25,8 +27,19 @@
   let attempt = 0;           // failed attempts since the last successful open
   let reconnectTimer = null;
   let mode = 'echo';         // endpoint of the current connection
-  let myId = null;           // our id in the chat, from the "welcome" message
+  let myIds = new Set();     // our ids in the chat (one per connection), from each "welcome"
   let lastDiagnosis = '';    // so retries do not repeat the same log line
+
+  // Resume (step05). All of it belongs to one chat server: resumeUrl.
+  let resumeUrl = null;      // the chat URL the state below belongs to
+  let resume = false;        // the server said "resume": it replays and drops resends
+  let lastId = null;         // the newest event_id seen, sent back as ?last_id=
+  let outbox = [];           // {msg_id, text} sent or typed, not yet acknowledged
+  let welcomed = false;      // this connection's welcome came: the outbox has gone out
+  let sentCount = 0;         // numbers our messages: msg_id = session + '-' + number
+  // A random id per page, so that our msg_ids are nobody else's.
+  const session = Array.from(crypto.getRandomValues(new Uint8Array(8)),
+    (byte) => byte.toString(16).padStart(2, '0')).join('');
 
   // ---- Initial values: ?url=... and ?endpoint=chat override the defaults ----
 
@@ -58,6 +71,24 @@
     return url.href;
   }
 
+  // Stream ids are "milliseconds-sequence": compare the numbers, not the text.
+  function isNewer(id, than) {
+    const [a, b] = id.split('-').map(Number);
+    const [c, d] = than.split('-').map(Number);
+    return a > c || (a === c && b > d);
+  }
+
+  // A new server or endpoint: forget the last id and the unsent messages of the old one.
+  function resumeStateFor(url) {
+    if (url === resumeUrl) return;
+    if (outbox.length) log('system', outbox.length + ' unsent message(s) dropped: new server.');
+    resumeUrl = url;
+    resume = false;
+    lastId = null;
+    outbox = [];
+    myIds = new Set();
+  }
+
   // Same address over plain HTTP, used to probe a server that refused the websocket.
   const httpUrlFor = (wsUrl) => wsUrl.replace(/^ws(s?):/, 'http$1:');
 
@@ -85,6 +116,13 @@
     try {
       url = socketUrl(chosenEndpoint());
       mode = chosenEndpoint();
+      resumeStateFor(url);
+      welcomed = false;
+      if (mode === 'chat' && resume && lastId) {
+        const withLastId = new URL(url);
+        withLastId.searchParams.set('last_id', lastId); // what we missed comes first
+        url = withLastId.href;
+      }
       socket = new WebSocket(url);
     } catch (err) {
       setStatus('Cannot connect: ' + err.message);
@@ -121,7 +159,7 @@
     ws.onclose = (event) => {
       if (ws !== socket) return; // an old socket we already gave up on
       socket = null;
-      myId = null;
+      welcomed = false;
       countEl.textContent = '–';
       const closed = 'code ' + event.code + (event.reason ? ', reason: ' + event.reason : '');
       if (userClosed) {
@@ -204,11 +242,29 @@
       return;
     }
     if ('count' in msg) countEl.textContent = String(msg.count);
+    // Keep the newest event id: a resume starts after it. Older ids are history.
+    if (typeof msg.event_id === 'string' && (!lastId || isNewer(msg.event_id, lastId))) {
+      lastId = msg.event_id;
+    }
     const who = String(msg.id);
     switch (msg.type) {
       case 'welcome':
-        myId = who;
+        myIds.add(who);
         log('system', 'You joined as ' + who + ' (' + msg.count + ' connected)');
+        if (msg.resume === true) {
+          resume = true;
+          lastId = String(msg.last_id); // what follows is new after this point
+          // What was not acknowledged goes again, in order: the server drops what it has.
+          for (const message of outbox) socket.send(JSON.stringify(message));
+          welcomed = true;
+        } else if (resume) {
+          // The same URL now serves a step without resume: start afresh.
+          if (outbox.length) log('system', outbox.length + ' unsent message(s) dropped: ' +
+                                           'this server does not resume.');
+          resume = false;
+          lastId = null;
+          outbox = [];
+        }
         break;
       case 'join':
         log('system', who + ' joined (' + msg.count + ' connected)');
@@ -218,10 +274,19 @@
         break;
       case 'message':
         // Our own text comes back in the broadcast too; that is where we log it.
-        if (who === myId) log('sent', who + ' (you): ' + String(msg.text));
+        if (myIds.has(who)) log('sent', who + ' (you): ' + String(msg.text));
         else log('received', who + ': ' + String(msg.text));
         break;
+      case 'ack':
+        outbox = outbox.filter((message) => message.msg_id !== msg.msg_id);
+        break;
+      case 'gap':
+        log('error', 'Some messages are gone: the server keeps only its latest events. ' +
+                     'The chat resumes at ' + String(msg.since) + '.');
+        break;
       case 'error':
+        // An error about one of our messages: sending it again would not help.
+        if ('msg_id' in msg) outbox = outbox.filter((message) => message.msg_id !== msg.msg_id);
         log('error', 'Server error: ' + msg.error);
         break;
       default:
@@ -235,6 +300,19 @@
     const text = messageInput.value;
     messageInput.focus(); // stay in the box, even after clicking Send
     if (text === '') return;
+    if (mode === 'chat' && resume) {
+      // Each message has its own id and stays in the outbox until the server acknowledges it.
+      sentCount += 1;
+      const message = { msg_id: session + '-' + sentCount, text: text };
+      outbox.push(message);
+      // Before the welcome, it waits: the welcome sends the whole outbox, in order.
+      if (welcomed) socket.send(JSON.stringify(message));
+      else if (!socket || socket.readyState !== WebSocket.OPEN) {
+        log('system', 'Not connected: "' + text + '" will be sent on reconnecting.');
+      }
+      messageInput.value = '';
+      return;
+    }
     if (!socket || socket.readyState !== WebSocket.OPEN) {
       log('system', 'Not connected: message not sent.'); // text stays in the box
       return;

@@ -252,3 +252,53 @@ def test_narrow_window_has_no_horizontal_scrollbar(browser, ws_server):
             assert box["x"] >= 0 and box["x"] + box["width"] <= 320
     finally:
         context.close()
+
+
+@pytest.mark.timeout(120)
+def test_step05_two_tabs_show_every_message_once_across_a_server_restart(
+        context, make_server, redis_server):
+    # step05 says "resume" in its welcome: the page resumes from the last event it saw
+    # and keeps what is typed while the server is away, until the server acknowledges it.
+    server = make_server("step05", env={"REDIS_URL": redis_server.url})
+    typer = open_client(context, server, endpoint="chat")
+    reader = open_client(context, server, endpoint="chat", served=True)
+    join_chat(typer)
+    join_chat(reader)
+    send(typer, "before the restart")
+    expect(chat_lines(reader)).to_have_text([re.compile(r": before the restart$")])
+
+    server.stop()  # 1001: both pages reconnect by themselves
+    expect(typer.locator("#status")).to_contain_text("Reconnecting in", timeout=TIMEOUT)
+    for text in ("typed while it is down", "and again"):
+        send(typer, text)
+        expect(typer.locator("#log li.system").last).to_have_text(
+            f'Not connected: "{text}" will be sent on reconnecting.', timeout=TIMEOUT)
+    server.start()  # the same port; Redis kept the chat
+    send(typer, "after the restart")  # sent at once, or queued until the page is back
+
+    texts = ["before the restart", "typed while it is down", "and again", "after the restart"]
+    for page, line in ((typer, r"^\w+ \(you\): {}$"), (reader, r"^\w+: {}$")):
+        expect(page.locator("#log li", has_text="You joined as")).to_have_count(
+            2, timeout=RECONNECT_TIMEOUT)
+        expected = [re.compile(line.format(re.escape(text))) for text in texts]
+        expect(chat_lines(page)).to_have_text(expected, timeout=TIMEOUT)
+    # Nothing comes twice later either.
+    typer.wait_for_timeout(1000)
+    for page in (typer, reader):
+        expect(chat_lines(page)).to_have_count(len(texts))
+
+
+def test_step04_with_redis_still_chats_in_plain_text(context, make_server, redis_server):
+    # No "resume" in step04's welcome: the page sends plain text, as it always did.
+    server = make_server("step04-redis", env={"REDIS_URL": redis_server.url})
+    alice = open_client(context, server, endpoint="chat")
+    bob = open_client(context, server, endpoint="chat", served=True)
+    alice_id = join_chat(alice)
+    join_chat(bob)
+    send(alice, "Hi Bob")
+    expect(chat_lines(bob)).to_have_text([f"{alice_id}: Hi Bob"], timeout=TIMEOUT)
+    expect(chat_lines(alice)).to_have_text([f"{alice_id} (you): Hi Bob"], timeout=TIMEOUT)
+    bob.get_by_role("button", name="Disconnect", exact=True).click()
+    send(bob, "not sent")  # no outbox without resume: the text stays in the box
+    expect(bob.locator("#log li.system").last).to_have_text("Not connected: message not sent.")
+    expect(bob.get_by_label("Message", exact=True)).to_have_value("not sent")

@@ -17,17 +17,25 @@ STEP_FILES = {
     "step02_ws_gevent": ["app.py", "chat.py", "protections.py", "wsgi.py", "minimal.py"],
     "step03_ws_asgi": ["app.py", "chat.py", "protections.py", "server.py", "minimal.py"],
     "step04_scale_out": ["app.py", "chat.py", "protections.py", "server.py", "minimal.py"],
+    "step05_resume": ["app.py", "chat.py", "protections.py", "server.py", "minimal.py"],
 }
 MAX_APP_LINES = 120
 # The post's code made to run: 50 lines. step04's rung adds the Redis relay to step03's.
-MAX_MINIMAL_LINES = {"step02_ws_gevent": 50, "step03_ws_asgi": 50, "step04_scale_out": 80}
+# step05's swaps the relay for a stream that each client reads from its last id.
+MAX_MINIMAL_LINES = {"step02_ws_gevent": 50, "step03_ws_asgi": 50, "step04_scale_out": 80,
+                     "step05_resume": 80}
 MAX_STEP02_TO_STEP03_DIFF = 150  # lines of `diff -u step02/app.py step03/app.py`
 
 # step04 runs step03's app on the same uvicorn with the same protections: only the
 # chat changes (Redis behind it). So these are copies, and must change together.
+# step05 changes only the chat again (a Redis stream instead of pub/sub): the same copies.
 IDENTICAL = [
     ("step03_ws_asgi/protections.py", "step04_scale_out/protections.py"),
     ("step03_ws_asgi/server.py", "step04_scale_out/server.py"),
+    ("step03_ws_asgi/protections.py", "step05_resume/protections.py"),
+    ("step03_ws_asgi/server.py", "step05_resume/server.py"),
+    ("step04_scale_out/protections.py", "step05_resume/protections.py"),
+    ("step04_scale_out/server.py", "step05_resume/server.py"),
 ]
 
 # What step04's app.py may change in step03's: the Redis room, and nothing else.
@@ -39,6 +47,15 @@ STEP04_CHANGES = [
     r"\broom\b|\bRoom\b",
     r"middleware",  # the room joins the middleware, to run its background tasks
     r"\blog\b",
+]
+
+# What step05's app.py may change in step04's: the docstrings, and the query parameters
+# (?last_id=, ?history=) that the room reads to catch a client up.
+STEP05_CHANGES = [
+    r"Step [45]",  # the module docstring
+    r"Chat until the client leaves",  # ChatResource.on_websocket's docstring
+    r"room\.chat\(ws",  # the room is given the query parameters too
+    r"REDIS_URL is not set",  # the log line says there is no resume without Redis
 ]
 
 
@@ -120,5 +137,15 @@ def test_step04_app_changes_only_the_room():
     unexpected = [
         line for line in changed_lines(diff)
         if not any(re.search(pattern, line) for pattern in STEP04_CHANGES)
+    ]
+    assert unexpected == [], "".join(diff)
+
+
+def test_step05_app_changes_only_what_the_room_reads():
+    """step05's app.py is step04's, except that the room reads the query parameters."""
+    diff = unified_diff("step04_scale_out/app.py", "step05_resume/app.py")
+    unexpected = [
+        line for line in changed_lines(diff)
+        if not any(re.search(pattern, line) for pattern in STEP05_CHANGES)
     ]
     assert unexpected == [], "".join(diff)
