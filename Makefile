@@ -43,8 +43,8 @@ test: $(DEV_STAMP)
 	@chromium=$$($(BIN)/python tools/browser.py) || \
 		echo "NOTICE: the browser tests are SKIPPED: $$chromium."
 	@command -v redis-server >/dev/null || \
-		echo "NOTICE: no redis-server: the step04-redis tests are SKIPPED (apt-get install redis-server)."
-	$(BIN)/pytest --outcomes=reports/outcomes.json
+		echo "NOTICE: no redis-server: the step04-redis and step05 tests are SKIPPED (apt-get install redis-server)."
+	$(BIN)/pytest -m "not soak" --outcomes=reports/outcomes.json
 	$(BIN)/python tools/protections_table.py --check reports/outcomes.json
 
 # docs/protections.md: every behaviour x every server, from a run of the three suites.

@@ -17,7 +17,8 @@ class ChatClient:
     """One /chat connection with its own outbox, drained by its own greenlet."""
 
     def __init__(self, ws):
-        self.id = secrets.token_hex(3)
+        # 64 random bits: with 24, a room of 1,000 reused a taken id once in 33 joins.
+        self.id = secrets.token_hex(8)
         self.ws = ws
         self.outbox = Queue(OUTBOX_SIZE)
 

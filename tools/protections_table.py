@@ -22,20 +22,22 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "protections.md"
 SUITES = ["test_contract.py", "test_bad_input.py", "test_faults.py"]
 SERVERS = ["step02-minimal", "step02", "step02-gunicorn", "step02-simple",
-           "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis"]
+           "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis",
+           "step05-minimal", "step05"]
 HEADINGS = ["02 minimal", "02", "02 gunicorn", "02 simple-websocket", "03 minimal", "03",
-            "04 minimal", "04", "04 Redis"]
+            "04 minimal", "04", "04 Redis", "05 minimal", "05"]
 STEP02, STEP03, STEP04 = "step02_ws_gevent", "step03_ws_asgi", "step04_scale_out"
+STEP05 = "step05_resume"
 
 
 def same(code):
     """The same places in every hardened step's folder."""
-    return {STEP02: code, STEP03: code, STEP04: code}
+    return {STEP02: code, STEP03: code, STEP04: code, STEP05: code}
 
 
 def asgi(step02, step03, step04=None):
-    """Places in step02, and in step03 (step04 the same unless given)."""
-    return {STEP02: step02, STEP03: step03, STEP04: step04 or step03}
+    """Places in step02, and in step03 (step04 and step05 the same unless given)."""
+    return {STEP02: step02, STEP03: step03, STEP04: step04 or step03, STEP05: step04 or step03}
 
 
 # The code that gives each behaviour, as "file:Class.method" or "file:/text on the line/".

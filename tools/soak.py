@@ -1,7 +1,7 @@
 """Soak: many chat clients on each server for minutes; nothing lost, duplicated or deaf.
 
     python tools/soak.py                   # 5 minutes, 1,000 clients, each hardened server
-    python tools/soak.py --quick           # 0.5 minute, 200 clients: for CI
+    python tools/soak.py --quick           # 0.5 minute, 200 clients, pings every 5 s: for CI
     python tools/soak.py --minutes 1 --servers step03
 
 Each server runs on a free loopback port (step04-redis with a throwaway redis-server).
@@ -9,7 +9,9 @@ N clients join /chat through the `websockets` asyncio client, in batches. A few 
 them (the senders) send "soak <key> <seq> <time>" at --rate messages/s in all: every
 receiver checks each sender's messages for order, duplicates and latency. Meanwhile
 --pause-fraction of the clients stop reading for 1 to 60 s (on a small receive buffer,
-so the server sees them stall), and 1% leave and join again.
+so the server sees them stall), and 1% leave and join again. A pause longer than the
+server's ping interval and timeout (20 s each; --ping changes both) gets the client
+dropped; --quick makes them 5 s, so that half a minute has pauses that long.
 
 Each connection is a membership, from its welcome to its end. Every message sent in
 that window must arrive once, in order; unless the server closed the connection (a
@@ -33,6 +35,7 @@ import math
 import random
 import resource
 import socket
+import subprocess
 import sys
 import time
 from bisect import bisect_left, bisect_right
@@ -54,7 +57,7 @@ PAUSE_SECONDS = (1, 60)  # how long a pausing client stops reading, clamped to t
 PAUSE_RCVBUF = 4096  # bytes of receive buffer of a pausing client: the server soon sees it
 PAUSE_MAX_QUEUE = 1  # messages websockets buffers before it stops reading the socket
 CONNECT_BATCH = 50  # handshakes in flight at once, below every server's backlog
-LEAVE_BATCH = 10  # clients leaving at once at the end
+LEAVE_BATCH = 20  # clients leaving at once at the end
 CONNECT_ATTEMPTS = 3  # per client, while the room fills
 
 # The timings; every wait has one of these as its limit.
@@ -66,9 +69,11 @@ WARMUP = 5  # seconds of traffic before the first memory reading
 DRAIN_TIMEOUT = 10  # seconds after the last send for what is on its way
 LEAVE_DRAIN_TIMEOUT = 5  # seconds a leaving client waits for what was sent before it left
 FINAL_CLOSE_TIMEOUT = 20  # seconds for every client to close at the end
-EMPTY_TIMEOUT = 10  # seconds for the server's room to empty once they did
+EMPTY_TIMEOUT = 5  # seconds for the server's room to empty once they did
 REJOIN_DELAY = 0.5  # seconds before a dropped client joins again
+STOP_TIMEOUT = 5  # seconds for the server to stop on SIGTERM before SIGKILL
 SLACK = 60  # seconds per server beyond --minutes, start to stop
+AFTER_RUN = 12  # of them, kept for the room to empty, the memory reading and the stop
 MEMORY_GROWTH = 0.10  # the end's RSS may be this much above the warm-up's
 RSS_EVERY = 10  # seconds between memory readings during the run, for the log
 
@@ -165,6 +170,12 @@ class Track:
             count -= max(0, min(end, gap_hi) - max(start, gap_lo) + 1)
         return count
 
+    def missing_in(self, lo, hi):
+        """The sequence numbers in [lo, hi] not received, as ranges (lo, hi)."""
+        ranges = [(lo, min(hi, self.first - 1)), (max(lo, self.last + 1), hi)]
+        ranges += [(max(lo, gap_lo), min(hi, gap_hi)) for gap_lo, gap_hi in self.gaps]
+        return sorted((a, b) for a, b in ranges if a <= b)
+
     def received(self):
         """How many distinct sequence numbers were received."""
         return self.count_in(self.first, self.last)
@@ -173,9 +184,10 @@ class Track:
 class Membership:
     """One connection of one client to the room: from its welcome to its end."""
 
-    __slots__ = ("role", "welcomed", "ended", "how", "close", "tracks", "note")
+    __slots__ = ("id", "role", "welcomed", "ended", "how", "close", "tracks", "note")
 
-    def __init__(self, role, welcomed):
+    def __init__(self, client_id, role, welcomed):
+        self.id = client_id  # the server's id for this connection, from the welcome
         self.role = role
         self.welcomed = welcomed  # time.time() when the welcome arrived
         self.ended = None  # time.time() when it ended, or left (its window's end)
@@ -207,6 +219,7 @@ class Soak:
         self.rss_warm = None
         self.timings = {}
         self.suspects = []  # memberships the server did not close that missed messages
+        self.missing_messages = Counter()  # "key #seq" -> how many of those missed it
         self.rss = []  # (seconds since the start, MiB) every few seconds
 
     # ---- Joining and receiving
@@ -247,7 +260,13 @@ class Soak:
                 await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT)
             ws.transport.abort()
             return None
-        membership = Membership(role, time.time())
+        membership = Membership(event.get("id"), role, time.time())
+        # Two connections in the room with one id: the server can tell them apart no more.
+        twins = [other for other in self.open if other.id == membership.id]
+        if twins:
+            self.errors["id given to two open connections"] += 1
+            log(f"the server gave id {membership.id} to a {role} while a {twins[0].role} "
+                f"welcomed {twins[0].welcomed - time.time():+.1f} s ago still has it")
         self.memberships.append(membership)
         self.open[membership] = ws
         return ws, membership
@@ -306,6 +325,18 @@ class Soak:
         except ConnectionClosed:
             self.ended(membership, ws)
             return False
+        except Exception as error:  # a bug of ours must not look like a deaf server
+            log(f"a client failed reading: {error!r}")
+            self.errors[f"client failed: {type(error).__name__}"] += 1
+            self.ended(membership, ws, "client-error")
+            ws.transport.abort()
+            return False
+
+    def task_done(self, task):
+        """Report a client task that failed: that is a bug of this tool."""
+        if not task.cancelled() and task.exception() is not None:
+            log(f"a client task failed: {task.exception()!r}")
+            self.errors[f"client task failed: {type(task.exception()).__name__}"] += 1
 
     # ---- The expected messages
 
@@ -529,6 +560,7 @@ class Soak:
                 else:
                     task = self.plain(pair, reader)
                 tasks.append(asyncio.create_task(task))
+                tasks[-1].add_done_callback(self.task_done)
 
             await asyncio.sleep(min(WARMUP, run_seconds / 2))
             pid = serving_pid(self.server)
@@ -559,21 +591,25 @@ class Soak:
             await self.close_all(tasks + list(self.reading.values()), deadline)
 
     async def close_all(self, tasks, deadline):
-        """Everyone leaves at once, within FINAL_CLOSE_TIMEOUT; then stop every task."""
+        """Everyone leaves, LEAVE_BATCH at a time, until deadline; then stop every task."""
         closing = time.monotonic()
         sockets = list(self.open.values())
         self.open.clear()
         end = min(closing + FINAL_CLOSE_TIMEOUT, deadline)
         # In batches, as they came: all at once, each leave would go to all the others
         # at the same moment, a burst the server's memory would keep the mark of.
+        unfinished = set()
         for first in range(0, len(sockets), LEAVE_BATCH):
+            if (left := end - time.monotonic()) <= 0:
+                break  # out of time: the rest just hang up, below
             batch = sockets[first:first + LEAVE_BATCH]
-            await asyncio.wait([asyncio.create_task(ws.close()) for ws in batch],
-                               timeout=max(0.1, end - time.monotonic()))
-        for task in tasks:
+            _, pending = await asyncio.wait(
+                [asyncio.create_task(ws.close()) for ws in batch], timeout=left)
+            unfinished |= pending
+        for task in [*unfinished, *tasks]:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+        if tasks or unfinished:
+            await asyncio.wait([*tasks, *unfinished], timeout=CLOSE_TIMEOUT)
         for ws in sockets:
             ws.transport.abort()
         self.timings["close"] = time.monotonic() - closing
@@ -585,31 +621,48 @@ class Soak:
         for membership in self.memberships:
             # Not ended, nor frozen open (it joined as everyone left): it owes all the same.
             end = math.inf if membership.ended is None else membership.ended
-            missing = 0
+            missing = []  # (key, lo, hi): ranges of messages it should have had
             for key in self.sent:
                 lo, hi = self.window(key, membership.welcomed, end, caps)
                 if hi < lo:
                     continue
                 track = membership.tracks.get(key)
-                missing += hi - lo + 1 - (track.count_in(lo, hi) if track else 0)
+                gone = track.missing_in(lo, hi) if track else [(lo, hi)]
+                missing += [(key, a, b) for a, b in gone]
+            count = sum(b - a + 1 for _, a, b in missing)
             for track in membership.tracks.values():
                 counts["delivered"] += track.received()
                 counts["duplicated"] += track.duplicates
                 counts["reordered"] += track.reordered
-            if missing and membership.how != "server" and len(self.suspects) < 10:
-                self.suspects.append(self.describe(membership, missing))
             if membership.how == "server":
                 counts["closed-and-rejoined"] += 1
-                counts["missed while dropped"] += missing
-            else:
-                # A client the server did not close must have had everything.
-                counts["lost"] += missing
-                if missing and membership.how == "open":
-                    counts["open-but-deaf"] += 1
-                if missing and membership.how == "client-error":
-                    counts["client errors"] += 1
+                counts["missed while dropped"] += count
+                continue
+            # A client the server did not close must have had everything.
+            counts["lost"] += count
+            for key, a, b in missing:
+                for seq in range(a, min(b, a + 2) + 1):
+                    self.missing_messages[f"{key} #{seq}"] += 1
+            if count and len(self.suspects) < 10:
+                self.suspects.append(self.describe(membership, missing))
+            if count and membership.how == "open":
+                counts["open-but-deaf"] += 1
+                if self.stopped_hearing(membership, end, caps):
+                    counts["stopped hearing"] += 1
+            if count and membership.how == "client-error":
+                counts["client errors"] += 1
         counts["sent"] = sum(map(len, self.sent.values()))
         return counts
+
+    def stopped_hearing(self, membership, end, caps):
+        """True if the last message membership got was sent over 1 s before its window's last."""
+        # Else it only missed messages in between (or the last of a dropped sender).
+        last_sent = max((self.sent[key][hi] for key in self.sent
+                         for lo, hi in [self.window(key, membership.welcomed, end, caps)]
+                         if hi >= lo), default=-math.inf)
+        last_heard = max((self.sent[key][track.last]
+                          for key, track in membership.tracks.items()), default=-math.inf)
+        return last_sent - last_heard > 1
 
     def describe(self, membership, missing):
         """One membership, for the log: who, when, how it ended, what it got."""
@@ -617,9 +670,12 @@ class Soak:
             return "-" if moment is None or math.isinf(moment) else f"{moment - self.start:+.1f} s"
         got = {key: f"{track.first}..{track.last} ({track.received()})"
                for key, track in sorted(membership.tracks.items())}
-        return (f"{membership.role}{membership.note} welcomed {at(membership.welcomed)}, "
+        gone = ", ".join(f"{key} #{a}" + (f"-{b}" if b > a else "")
+                         for key, a, b in missing[:6])
+        return (f"{membership.role}{membership.note} id {membership.id} "
+                f"welcomed {at(membership.welcomed)}, "
                 f"ended {at(membership.ended)} ({membership.how}, {membership.close}), "
-                f"{missing} missing; got {got}")
+                f"missing {gone}; got {got}")
 
     def percentile(self, fraction):
         """The latency below which fraction of the deliveries arrived, in ms."""
@@ -635,10 +691,11 @@ class Soak:
         return sorted(self.late)[rank - seen - 1]
 
 
-def start_server(name):
+def start_server(name, ping=None):
     """Start one server (and its redis-server); return (server, redis or None)."""
     cwd, command = SERVERS[name]
-    env = {}
+    # Every hardened server reads these (protections.py); without them, 20 s each.
+    env = {"PING_INTERVAL": str(ping), "PING_TIMEOUT": str(ping)} if ping else {}
     redis = None
     if name == "step02-gunicorn":
         # gunicorn's gevent worker serves 1,000 connections by default: as `make step02-gunicorn`.
@@ -673,17 +730,19 @@ def soak(name, args, seed):
     began = time.monotonic()
     deadline = began + args.minutes * 60 + SLACK
     problems = []
-    server, redis = start_server(name)
+    server, redis = start_server(name, args.ping)
     state = Soak(server, args, seed)
     try:
         # Keep time at the end for the room to empty, the memory reading and the stop.
-        run_deadline = deadline - EMPTY_TIMEOUT - 15
+        # run() keeps to run_deadline by itself; wait_for is the safety net.
+        run_deadline = deadline - AFTER_RUN
         try:
             asyncio.run(asyncio.wait_for(state.run(run_deadline),
-                                         run_deadline - time.monotonic()))
+                                         run_deadline - time.monotonic() + 2 * CLOSE_TIMEOUT))
         except (asyncio.TimeoutError, TimeoutError, RuntimeError, OSError) as error:
             problems.append(f"did not finish: {type(error).__name__}: {error}")
-        empty = wait_empty(server, min(deadline - 13, time.monotonic() + EMPTY_TIMEOUT))
+        empty = wait_empty(server, min(deadline - STOP_TIMEOUT - 2,
+                                       time.monotonic() + EMPTY_TIMEOUT))
         if empty != 0:
             problems.append(f"{empty} chat clients still in the room after all left")
         time.sleep(1)
@@ -691,8 +750,11 @@ def soak(name, args, seed):
         rss_end = pid and rss_mib(pid)
         if server.process.poll() is not None:
             problems.append(f"the server died (exit {server.process.returncode})")
+        if redis and not redis.ping():
+            problems.append("redis-server died")
     finally:
-        server.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.stop(timeout=STOP_TIMEOUT)  # then SIGKILL
         if redis:
             redis.stop()
     state.timings["total"] = time.monotonic() - began
@@ -701,6 +763,10 @@ def soak(name, args, seed):
     for column in ("lost", "duplicated", "open-but-deaf", "reordered"):
         if counts[column]:
             problems.append(f"{counts[column]} {column}")
+    failures = sum(count for error, count in state.errors.items() if "failed:" in error
+                   and not error.startswith(("join failed", "rejoin failed")))
+    if failures:
+        problems.append(f"{failures} client tasks failed (a bug of tools/soak.py)")
     if counts["client errors"]:
         problems.append(f"{counts['client errors']} connections failed by the client")
     rss_warm = state.rss_warm
@@ -714,8 +780,17 @@ def soak(name, args, seed):
         + ", ".join(f"{t:.0f}s {m:.1f}" for t, m in state.rss if m))
     for suspect in state.suspects:
         log(f"{name}: {suspect}")
-    if server.process.returncode not in (0, -15, None) and not any("died" in p for p in problems):
-        log(f"{name}: exit status {server.process.returncode}; its log:\n{server.output()[-3000:]}")
+    if state.missing_messages:
+        log(f"{name}: most missed (by clients the server did not close): " + ", ".join(
+            f"{message} by {count}" for message, count in state.missing_messages.most_common(5)))
+    output = server.output()
+    if problems or server.process.returncode not in (0, -15, None):
+        # What the server said about it: its tracebacks, the first few.
+        errors = [line for line in output.splitlines()
+                  if any(word in line for word in ("Error", "Exception", "Traceback",
+                                                    "unavailable", "failed"))]
+        log(f"{name}: exit status {server.process.returncode}; "
+            f"{len(errors)} error lines in its log" + "".join(f"\n  {e}" for e in errors[:8]))
 
     def mib(value):
         return f"{value:.1f}" if value else "-"
@@ -732,7 +807,9 @@ def soak(name, args, seed):
             f"load generator CPU {timings.get('cpu', math.nan):.0%} of a core while sending; "
             f"{counts['missed while dropped']} messages missed by dropped clients; "
             f"{len(state.sender_dropped)} sender connections dropped; "
-            f"reordered {counts['reordered']}; server closes: {dict(state.closes) or 'none'}")
+            f"reordered {counts['reordered']}; "
+            f"open-but-deaf that stopped hearing: {counts['stopped hearing']} (the others "
+            f"missed messages in between); server closes: {dict(state.closes) or 'none'}")
     return row, note, problems
 
 
@@ -748,11 +825,15 @@ def main():
                         choices=HARDENED_SERVERS, metavar="SERVER",
                         help=f"among {', '.join(HARDENED_SERVERS)} (all)")
     parser.add_argument("--seed", type=int, default=1, help="for the random choices (1)")
+    parser.add_argument("--ping", type=float, metavar="SECONDS",
+                        help="the servers' ping interval and timeout (theirs: 20; --quick: 5, "
+                             "so that a pause in half a minute can outlast them)")
     parser.add_argument("--quick", action="store_true",
                         help="0.5 minute and 200 clients, for CI")
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.clients = 0.5, 200
+        args.ping = args.ping or 5
     if args.clients < 1 or args.rate <= 0 or args.minutes <= 0:
         parser.error("--clients, --rate and --minutes must be positive")
     args.senders_count = min(SENDERS, args.clients)
@@ -762,8 +843,8 @@ def main():
         parser.error(f"{args.clients} clients need more open files than the limit, {limit}")
     print(f"Soak: {args.clients} clients, {args.rate:g} messages/s across the room from "
           f"{args.senders_count} senders, {args.minutes:g} minutes per server, "
-          f"{args.pause_fraction:.0%} pausing, {CHURN_FRACTION:.0%} leaving and joining again.",
-          flush=True)
+          f"{args.pause_fraction:.0%} pausing, {CHURN_FRACTION:.0%} leaving and joining again; "
+          f"server pings every {args.ping or 20:g} s.", flush=True)
 
     rows, notes, failed = [], [], []
     for number, name in enumerate(args.servers):
