@@ -376,7 +376,9 @@ def test_while_redis_is_down_plain_text_gets_an_error_and_a_message_with_an_id_1
     tab = Tab("tab")
     tab.connect(server)
     tab.say("joined")  # answered once its join and catch-up are over
-    tab.read_until(lambda: not tab.outbox)
+    # The ack can come before the message itself, which the stream reader delivers: wait
+    # for both, or the message would be read below in place of the error.
+    tab.read_until(lambda: not tab.outbox and "joined" in tab.texts)
     redis_aof.stop()
     tab.ws.send("plain text")
     assert tab.receive() == {"type": "error", "error": UNAVAILABLE}
