@@ -13,7 +13,7 @@ import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from app import CLIENT_DIR, app  # noqa: E402
-from protections import Handler, close_all  # noqa: E402
+from protections import UNMASKED_IN, Handler, close_all  # noqa: E402
 
 SHUTDOWN_TIMEOUT = 3  # seconds given to clients to answer our close frame
 
@@ -39,6 +39,7 @@ def main():
     # app.py serves the client only when ../client is there: offer it only then.
     client = f", client at http://{args.host}:{args.port}/client/" if CLIENT_DIR.is_dir() else ""
     print(f"step02: serving ws://{args.host}:{args.port}/ and /chat{client}", flush=True)
+    print(f"step02: client frames unmasked in {UNMASKED_IN}", flush=True)
     server.serve_forever()
 
 

@@ -29,6 +29,12 @@ def step02(request, make_server):
                        command=[sys.executable, "-c", WITHOUT_C_UNMASK])
 
 
+def test_the_server_says_which_unmask_runs(step02, request):
+    # Without this, a broken C import would run the Python path under both names.
+    expected = {"c": "C", "python": "Python"}[request.node.callspec.params["step02"]]
+    assert f"client frames unmasked in {expected}\n" in step02.output()
+
+
 @pytest.mark.parametrize("length", LENGTHS)
 def test_echo_is_unmasked_exactly(step02, length):
     payload = bytes((i * 7 + length) % 256 for i in range(length))
