@@ -211,6 +211,44 @@ def test_every_event_carries_its_stream_id_in_order(step05):
                                       "duplicate": False}}
 
 
+@pytest.mark.timeout(120)
+def test_two_clients_joining_at_once_on_two_processes_each_count_the_other(step05, redis_aof):
+    # A client's count is its welcome's, then each join or leave it hears. Joining at
+    # once, the first in the stream hears the other's join; the second counts it in.
+    first, second = step05(), step05()
+    for attempt in range(20):
+        sockets = [None, None]
+
+        def join(index, server):
+            sockets[index] = open_ws(server, "/chat")
+
+        threads = [threading.Thread(target=join, args=pair) for pair in ((0, first), (1, second))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert all(sockets), "a client did not connect"
+        for ws in sockets:
+            counts = [receive_event(ws)["count"]]  # the welcome
+            with contextlib.suppress(TimeoutError):
+                while counts[-1] != 2:
+                    counts.append(receive_event(ws, timeout=2)["count"])
+            assert counts[-1] == 2, f"attempt {attempt}: a client's counts went {counts}"
+        for ws in sockets:
+            ws.close()
+        assert_room_empties(redis_aof)
+
+
+def assert_room_empties(redis_server):
+    """Wait, up to TIMEOUT seconds, until the chat has no members left."""
+    members = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + TIMEOUT
+    while members.hlen("chat:members") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert members.hlen("chat:members") == 0
+    members.close()
+
+
 def test_a_newcomer_gets_the_last_messages_then_the_live_chat(step05):
     server = step05()
     sender = Tab("sender")
