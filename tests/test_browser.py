@@ -184,6 +184,9 @@ def test_step01_says_it_has_no_websocket(context, make_server):
     page.get_by_role("button", name="Connect", exact=True).click()
     expect(page.locator("#status")).to_contain_text(
         "answers HTTP but does not accept WebSocket connections", timeout=TIMEOUT)
+    # The words step01's README quotes.
+    expect(page.locator("#status")).to_contain_text(
+        "step01 has no websocket (run step02 or step03)", timeout=TIMEOUT)
     expect(page.locator("#status")).to_contain_text("Reconnecting in", timeout=TIMEOUT)
 
 

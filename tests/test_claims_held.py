@@ -3,14 +3,16 @@
 docs/claims.md points here. Every server is a real process, started by conftest's fixtures.
 """
 
+import re
 import signal
 import struct
 import urllib.request
 import warnings
+from pathlib import Path
 
 import pytest
 from test_errata import listening_addresses
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import (
     OPCODE_BINARY,
@@ -220,3 +222,30 @@ def test_step05_refuses_a_join_with_1011_while_redis_is_down(start, redis_server
     with open_ws(server, "/chat") as ws:
         close = closed_with(ws)
     assert (close.code, close.reason) == (1011, "chat backplane unavailable")
+
+
+# step03's README: its uvicorn command line, run as written (port aside): the same
+# settings as server.py, without its Server, so clients hear 1012 at shutdown.
+def test_step03_readmes_uvicorn_command_serves_and_says_1012_at_shutdown(make_server):
+    readme = (ROOT / "step03_ws_asgi/README.md").read_text()
+    written = re.search(r"cd step03_ws_asgi && (\.\./\.venv/bin/uvicorn [^`]*?--port 8000)", readme)
+    assert written, "step03's README no longer gives the uvicorn command"
+    command = written.group(1).replace("\\\n", " ").split()
+    command[0] = str(Path(PYTHON).parent / "uvicorn")
+    command[-1] = "{port}"
+    server = make_server("step03-uvicorn-cli", cwd="step03_ws_asgi", command=command)
+    with open_ws(server) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=TIMEOUT) == "hello"
+    with pytest.raises(InvalidStatus):
+        open_ws(server, origin="http://evil.example")  # app.py's Origin check still holds
+    with open_ws(server) as ws:
+        server.stop(signal.SIGINT)
+        assert closed_with(ws).code == 1012
+
+
+# step02's README: each WebSocket holds one of --worker-connections, 1,000 by default.
+def test_gunicorns_worker_connections_default_is_1000():
+    from gunicorn.config import Config
+
+    assert Config().worker_connections == 1000
