@@ -249,3 +249,15 @@ def test_gunicorns_worker_connections_default_is_1000():
     from gunicorn.config import Config
 
     assert Config().worker_connections == 1000
+
+
+# tests/errata.md: "Observed with falcon 4.4.0, gevent 26.9.0, ...": the versions the
+# errata tests run on are the ones it names, so a version bump updates the page too.
+def test_errata_names_the_versions_the_tests_run_on():
+    from importlib.metadata import version
+
+    header = (ROOT / "tests/errata.md").read_text().split("The post's files")[0]
+    named = dict(re.findall(r"([a-z][a-z-]+) (\d+\.\d+\.\d+)", header))
+    assert set(named) == {"falcon", "gevent", "gevent-websocket", "gunicorn", "uvicorn",
+                          "websockets"}
+    assert {package: version(package) for package in named} == named
