@@ -123,18 +123,27 @@ def test_a_client_that_stops_reading_does_not_stall_the_chat(server):
     stuck = raw_handshake(server, "/chat", receive_buffer=4096)
     with open_ws(server, "/chat") as sender, open_ws(server, "/chat") as listener:
         wait_for(lambda: server.health()["chat_clients"] == 3, TIMEOUT, "clients did not join")
-        listener.recv(timeout=TIMEOUT)
+        ours = {json.loads(listener.recv(timeout=TIMEOUT))["id"]}  # the listener's welcome
         text = "x" * 1990
+        others = []  # what the listener heard besides messages: joins and leaves
         # 10 MB: more than the stuck client's socket buffers (4 MiB here) and outbox hold.
         for number in range(5000):
             sender.send(f"{number} {text}")
             # The others keep receiving while the stuck client is not reading.
             for ws in (sender, listener):
                 while (event := json.loads(ws.recv(timeout=TIMEOUT)))["type"] != "message":
-                    pass
+                    if ws is listener:
+                        others.append(event)
                 assert event["text"].startswith(f"{number} ")
+                ours.add(event["id"])  # the sender's
         # The stuck client has been dropped, and its socket shut down.
         wait_for(lambda: server.health()["chat_clients"] == 2, 15, "stuck client was not dropped")
+        # The others are told it left.
+        with contextlib.suppress(TimeoutError):
+            while not any(event["type"] == "leave" for event in others):
+                others.append(json.loads(listener.recv(timeout=TIMEOUT)))
+        leaves = [event for event in others if event["type"] == "leave"]
+        assert len(leaves) == 1 and leaves[0]["id"] not in ours and leaves[0]["count"] == 2, others
     assert read_until_eof(stuck, timeout=15), "the stuck client's socket was left open"
     stuck.close()
 
