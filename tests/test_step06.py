@@ -9,10 +9,12 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import (
+    ROOT,
     STARTUP_TIMEOUT,
     TIMEOUT,
     add_user,
@@ -376,3 +379,85 @@ def test_a_quiet_socket_through_nginx_lives_on_pings(start_stack, ping_interval,
                 ws.recv(timeout=TIMEOUT)
             assert ws.protocol.close_rcvd is None  # nginx cut it: no close frame
             assert time.monotonic() - started < 4 + TIMEOUT
+
+
+# ---- The client, in Chromium, through nginx ----
+
+@pytest.fixture
+def chromium_for(request):
+    """Chromium trusting one certificate (by its key's hash), as if its CA were installed."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from browser import CHROMIUM_ARGS, MISSING_CHROMIUM, find_chromium
+
+    with sync_playwright() as playwright:
+        chromium = find_chromium(playwright)
+        if chromium is None:
+            pytest.skip(MISSING_CHROMIUM)
+        browsers = []
+
+        def launch(cert):
+            spki = f"--ignore-certificate-errors-spki-list={stack.spki_hash(cert)}"
+            browsers.append(playwright.chromium.launch(
+                executable_path=chromium, args=[*CHROMIUM_ARGS, spki], headless=True))
+            return browsers[-1]
+
+        yield launch
+        for browser in browsers:
+            browser.close()
+
+
+def log_in_page(browser, nginx, name, password):
+    """A new browser profile that logs in with the form and lands on the chat page."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    context.set_default_timeout(BROWSER_TIMEOUT)
+    page = context.new_page()
+    page.goto(f"{nginx.origin}/client/?endpoint=chat")
+    expect(page.locator("#user")).to_have_text("Not logged in.")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("#status")).to_have_text("Not logged in: log in, then Connect.")
+    page.get_by_role("link", name="Log in").click()
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#user")).to_have_text(f"Logged in as {name}.")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("#status")).to_have_text(
+        f"Connected to wss://localhost:{nginx.https_port}/chat (chat)")
+    return page
+
+
+BROWSER_TIMEOUT = 10_000  # milliseconds for the page to show what we expect
+
+
+@needs_nginx
+@pytest.mark.browser
+@pytest.mark.timeout(120)
+def test_two_users_log_in_chat_and_log_out_in_chromium_over_wss(start_stack, chromium_for):
+    from playwright.sync_api import expect
+
+    (first, _), nginx = start_stack()
+    browser = chromium_for(nginx.run_dir / "cert.pem")
+    alice = log_in_page(browser, nginx, "alice", add_user(first, "alice"))
+    bob = log_in_page(browser, nginx, "bob", add_user(first, "bob"))
+    expect(alice.locator("#log li.system").last).to_have_text(
+        re.compile(r"^bob\.\w+ joined \(2 connected\)$"))
+    alice.get_by_label("Message", exact=True).fill("Hi Bob, over wss")
+    alice.get_by_role("button", name="Send").click()
+    expect(bob.locator("#log li.received")).to_have_text(
+        [re.compile(r"^alice\.\w+: Hi Bob, over wss$")])
+    # The session cookie is HttpOnly: the page's scripts cannot read it.
+    assert "session" not in alice.evaluate("document.cookie")
+
+    alice.get_by_role("button", name="Log out").click()
+    expect(alice.locator("#status")).to_contain_text("Disconnected")
+    expect(alice.locator("#user")).to_have_text("Not logged in.")
+    expect(bob.locator("#log li.system").last).to_have_text(
+        re.compile(r"^alice\.\w+ left \(1 connected\)$"))
+    # Logged out for good: Connect finds out, and says so.
+    alice.get_by_role("button", name="Connect", exact=True).click()
+    expect(alice.locator("#status")).to_have_text("Not logged in: log in, then Connect.")
