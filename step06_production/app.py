@@ -105,8 +105,8 @@ class HealthResource:
 room = RedisRoom(REDIS_URL)
 limit = HandshakeLimit(room.redis)
 sessions = Sessions(room.redis, limit)
-# In this order, before the upgrade: a foreign Origin gets 403, an address over its
-# handshake rate 429, a handshake without a session 401. Then the room's tasks start.
+# In this order, each refused before the upgrade: a foreign Origin, an address over its
+# handshake rate, a handshake without a live session. Then the room's background tasks.
 app = falcon.asgi.App(middleware=[OriginCheck(), limit, sessions, room])
 # uvicorn implements ASGI 2.4, so Falcon's own receive buffer only adds latency.
 app.ws_options.max_receive_queue = 0

@@ -85,7 +85,7 @@ class Sessions:
         return await self.redis.get(req.context.session)
 
     async def process_request_ws(self, req, ws):
-        """Refuse a handshake without a live session (HTTP 401) before the upgrade."""
+        """Refuse a handshake without a live session before the upgrade."""
         try:
             req.context.user = await self.user(req)
         except RedisError as error:

@@ -2,7 +2,12 @@
 
 - messages per second per user (MessageBudget): an error event, then 1008 if it goes on;
 - chat connections per user (counted in Redis by backplane.RedisRoom.add): 1008 over it;
-- handshakes and logins per address per minute (HandshakeLimit): 429 before the upgrade.
+- handshakes and logins per address per minute (HandshakeLimit): refused before the upgrade.
+
+A handshake refused before the upgrade gets HTTP 403 whatever the reason: Falcon closes
+it with 3000 + the status it raised (its log says 3429 here, 3401 for no session), and
+uvicorn answers every close before the accept with 403. Browsers show none of it: the
+client asks /session (auth.py) why.
 """
 
 import os
@@ -82,7 +87,7 @@ class HandshakeLimit:
         return count <= HANDSHAKES_PER_MINUTE
 
     async def process_request_ws(self, req, ws):
-        """Refuse the handshake (HTTP 429) before any other work, let alone the upgrade."""
+        """Refuse the handshake before any other work, let alone the upgrade."""
         if not await self.allow(req.remote_addr):
             raise falcon.HTTPTooManyRequests(
                 description=f"At most {HANDSHAKES_PER_MINUTE} connections a minute.",

@@ -91,7 +91,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8443, help="nginx's https:// port")
     parser.add_argument("--http-port", type=int, default=8080, help="redirected to https://")
-    parser.add_argument("--app-ports", type=int, nargs=2, default=[8001, 8002])
+    parser.add_argument("--app-ports", type=int, nargs=2, default=[8000, 8001])
     parser.add_argument("--redis-port", type=int, default=6380)
     args = parser.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="step06-"))
