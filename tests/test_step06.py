@@ -196,7 +196,9 @@ def test_login_through_nginx_sets_a_secure_httponly_lax_cookie(start_stack):
 @pytest.mark.timeout(60)
 def test_the_handshake_needs_a_live_session(start_stack):
     [app] = start_stack(processes=1, proxy=False, SESSION_TTL="2")
-    cookie = user_cookie(app, "alice")
+    response = log_in(app.http_url, "alice", add_user(app, "alice"))
+    assert "Secure" not in response.headers["Set-Cookie"]  # plain http://: no TLS to ask for
+    cookie = session_cookie(response)
     with open_direct(app, "/chat", cookie) as ws:
         assert receive_event(ws)["id"].startswith("alice.")
     forged = "session=" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
@@ -330,6 +332,7 @@ def test_handshakes_per_address_and_x_forwarded_for_only_from_the_proxy(start_st
     # The proxy's own address has had its login and no handshake: two more, then 403.
     statuses = [handshake_status(app.port, "127.0.0.1", cookie) for _ in range(3)]
     assert statuses == [101, 101, 403]
+    assert log_in(app.http_url, "alice", "any").status == 429  # logins count the same
 
 
 # ---- Through nginx ----
