@@ -180,6 +180,7 @@ def test_login_through_nginx_sets_a_secure_httponly_lax_cookie(start_stack):
     # Secure: nginx said https (X-Forwarded-Proto) and uvicorn believed its proxy.
     assert {"httponly", "secure", "samesite", "max-age", "path"} <= attributes
     assert "SameSite=Lax" in response.headers["Set-Cookie"]
+    assert "Max-Age=28800" in response.headers["Set-Cookie"]  # SESSION_TTL, 8 hours
     cookie = session_cookie(response)
     status, _, body = get(nginx.origin + "/session", cookie, nginx.tls)
     assert (status, json.loads(body)) == (200, {"user": "alice"})
@@ -345,7 +346,11 @@ def test_two_users_chat_over_wss_across_two_processes(start_stack):
                         context=nginx.tls)
     bob = user_cookie(first, "bob", nginx.origin, headers={"Origin": nginx.origin},
                       context=nginx.tls)
-    with open_wss(nginx, "/chat", alice) as a, open_wss(nginx, "/chat", bob) as b:
+    # A client's own X-Forwarded-For stops at nginx, which sends the address it saw.
+    spoof = {"Cookie": bob, "X-Forwarded-For": "203.0.113.7"}
+    with open_wss(nginx, "/chat", alice) as a, \
+            connect(f"wss://localhost:{nginx.https_port}/chat", ssl=nginx.tls,
+                    origin=nginx.origin, additional_headers=spoof, open_timeout=TIMEOUT) as b:
         until(a, "welcome"), until(b, "welcome")
         # least_conn: the second socket went to the process without one.
         assert first.health()["chat_clients"] == second.health()["chat_clients"] == 1
@@ -353,6 +358,8 @@ def test_two_users_chat_over_wss_across_two_processes(start_stack):
         for ws in (a, b):
             event = until(ws, "message")
             assert event["id"].startswith("alice.") and event["text"] == "hello over wss"
+    assert "203.0.113.7" not in first.output() + second.output()
+    assert '127.0.0.1:0 - "WebSocket /chat" [accepted]' in first.output() + second.output()
     # Plain http:// (and so ws://) to nginx is sent to https://, never to the app.
     status, headers, _ = get(f"http://127.0.0.1:{nginx.http_port}/chat")
     assert status == 301
