@@ -199,6 +199,19 @@ step05-minimal: $(RUN_STAMP)
 	echo "Ctrl+C stops both servers and Redis."; \
 	wait
 
+# step06: the chat in production on this machine: a throwaway Redis, two app processes
+# (PORT, PORT2) and nginx over TLS (HTTPS_PORT; HTTP_PORT redirects to it), with a
+# certificate from a CA made now and a demo user with a random password, both printed.
+# Ctrl+C stops all four and removes their temporary folder.
+HTTPS_PORT ?= 8443
+HTTP_PORT ?= 8080
+.PHONY: step06
+step06: $(RUN_STAMP)
+	@command -v redis-server >/dev/null || { echo "step06 needs redis-server: apt-get install redis-server"; exit 1; }
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "step06 needs nginx: apt-get install nginx"; exit 1; }
+	cd step06_production && $(STEP_BIN)/python stack.py --port $(HTTPS_PORT) --http-port $(HTTP_PORT) \
+		--app-ports $(PORT) $(PORT2) --redis-port $(REDIS_PORT)
+
 # Many chat clients on every hardened server for minutes: nothing lost, duplicated or
 # left open but deaf, memory back down. Options: make soak SOAK_ARGS="--quick".
 .PHONY: soak

@@ -3,6 +3,8 @@
 // HTTP, no websocket) is running instead. When a chat server says "resume" in
 // its welcome (step05), the page also resumes after a reconnect and keeps what
 // is typed while disconnected, so that nothing is lost and nothing shown twice.
+// A server with a login (step06) answers /session: the page then shows who is
+// logged in, a Log in link when nobody is, and a Log out button.
 //
 // Rule for this file: text that comes from the network is only ever shown
 // through textContent, so a message can never become markup on this page.
@@ -17,6 +19,9 @@
   const countEl = $('count');
   const logEl = $('log');
   const messageInput = $('message');
+  const accountEl = $('account');
+  const loginLink = $('login');
+  const logoutBtn = $('logout');
 
   const ENDPOINTS = { echo: '/', chat: '/chat' };
   const MAX_LOG_ENTRIES = 500;   // keep a long-running page light
@@ -109,6 +114,45 @@
     disconnectBtn.disabled = socket === null && reconnectTimer === null;
   }
 
+  // ---- Login (step06): only a page the server itself served can ask it ----
+
+  // The server's http(s) origin when it is this page's own, else null.
+  function ownOrigin(wsUrl) {
+    const origin = new URL(httpUrlFor(wsUrl)).origin;
+    return origin === location.origin ? origin : null;
+  }
+
+  // Ask the server who we are: 'user', 'login' (it wants one), or null (it has no login).
+  async function checkSession(origin) {
+    let body;
+    try {
+      const response = await fetch(origin + '/session', { cache: 'no-store' });
+      if (response.status !== 200 && response.status !== 401) return null; // steps 02-05: 404
+      body = await response.json();
+    } catch (err) {
+      return null;
+    }
+    const user = typeof body.user === 'string' ? body.user : null;
+    accountEl.hidden = false;
+    $('user').textContent = user ? 'Logged in as ' + user + '.' : 'Not logged in.';
+    loginLink.href = origin + '/login';
+    loginLink.hidden = user !== null;
+    logoutBtn.hidden = user === null;
+    return user ? 'user' : 'login';
+  }
+
+  // End the session on the server (which closes its sockets with 1008), then here.
+  async function logout() {
+    const origin = location.origin;
+    try {
+      await fetch(origin + '/logout', { method: 'POST' });
+    } catch (err) {
+      log('error', 'Log out failed: ' + err.message);
+    }
+    disconnect();
+    checkSession(origin);
+  }
+
   // ---- Connecting, closing and reconnecting ----
 
   function open() {
@@ -188,9 +232,21 @@
   // HTTP-only server (step01). A no-cors fetch tells them apart: it resolves on
   // any HTTP answer (we cannot read it, and do not need to) and rejects if
   // nothing answers.
-  function probe(wsUrl, retry) {
+  async function probe(wsUrl, retry) {
     const httpUrl = httpUrlFor(wsUrl);
     const timer = reconnectTimer; // the retry this message belongs to
+    const origin = ownOrigin(wsUrl);
+    if (origin && await checkSession(origin) === 'login') {
+      // Retrying cannot help until someone logs in.
+      if (timer === reconnectTimer) {
+        clearTimeout(reconnectTimer);
+        reconnectTimer = null;
+        updateButtons();
+        setStatus('Not logged in: log in, then Connect.');
+        log('error', 'This server wants a login: follow "Log in".');
+      }
+      return;
+    }
     const abort = new AbortController();
     const timeout = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
     fetch(httpUrl, { mode: 'no-cors', cache: 'no-store', signal: abort.signal })
@@ -330,9 +386,11 @@
     connect();
   });
   disconnectBtn.addEventListener('click', disconnect);
+  logoutBtn.addEventListener('click', logout);
   $('composer').addEventListener('submit', (event) => {
     event.preventDefault(); // Send button, or Enter in the Message field
     send();
   });
   updateButtons();
+  if (location.protocol === 'http:' || location.protocol === 'https:') checkSession(location.origin);
 })();

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -57,13 +59,17 @@ SERVERS = {
     # step05: the chat on a Redis stream, which resumes; the tests always give it a Redis.
     "step05": (
         "step05_resume", [PYTHON, "server.py", "--host", "127.0.0.1", "--port", "{port}"]),
+    # step06: one app process, reached directly; the harness logs in (authenticate()).
+    # Its nginx, TLS and second process: tests/test_step06.py and `make step06`.
+    "step06": (
+        "step06_production", [PYTHON, "server.py", "--host", "127.0.0.1", "--port", "{port}"]),
 }
 # The first rungs have no /health: the tests wait for their port instead.
 WITHOUT_HEALTH = {"step02-minimal", "step03-minimal", "step04-minimal", "step05-minimal"}
 HARDENED_SERVERS = ["step02", "step02-gunicorn", "step03", "step04", "step04-redis"]
 WEBSOCKET_SERVERS = ["step02-minimal", "step02", "step02-gunicorn", "step02-simple",
                      "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis",
-                     "step05-minimal", "step05"]
+                     "step05-minimal", "step05", "step06"]
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -122,6 +128,7 @@ def load_module(name, path):
 
 def open_ws(server, path="/", **kwargs):
     """Connect with timeouts, so a silent server fails the test instead of hanging it."""
+    kwargs.setdefault("additional_headers", server.headers)  # step06's session cookie
     return connect(server.ws_url + path, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
 
 
@@ -139,10 +146,12 @@ def raw_handshake(server, path="/", receive_buffer=None):
     sock.settimeout(TIMEOUT)
     sock.connect(("127.0.0.1", server.port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
+    sock.sendall((
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        .encode()
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in server.headers.items())
+        + "\r\n"
+    ).encode()
     )
     # Byte by byte: what follows the headers is the first frame, not ours to eat.
     response = b""
@@ -194,6 +203,7 @@ class Server:
         self.log = None
         self.signalled = False  # set once a test or the fixture signals the process
         self.misbehaviour_expected = False  # the post's code: dying or a traceback is the lesson
+        self.headers = {}  # sent with every handshake: step06's session cookie
 
     @property
     def http_url(self):
@@ -357,13 +367,60 @@ def redis_server():
     server.stop()
 
 
+# What the shared suites ask of step06 is what they ask of every step: as many messages,
+# connections and handshakes as they need. tests/test_step06.py tests the limits themselves.
+STEP06_UNLIMITED = {"CHAT_MESSAGES_PER_SECOND": "1000000", "CHAT_MESSAGE_BURST": "1000000",
+                    "CONNECTIONS_PER_USER": "100000", "HANDSHAKES_PER_MINUTE": "1000000"}
+
+
+def add_user(server, name):
+    """Create a user in the server's Redis with step06's own command; return its password."""
+    printed = subprocess.run(
+        [PYTHON, "auth.py", "add-user", name], cwd=server.cwd, env=server.env,
+        capture_output=True, text=True, timeout=30, check=True).stdout
+    return printed.split()[-1]  # "user NAME password PASSWORD"
+
+
+def log_in(url, name, password, headers=None, context=None):
+    """POST step06's login form; return the response (a 303 with the cookie, or the error)."""
+    body = urllib.parse.urlencode({"name": name, "password": password}).encode()
+    request = urllib.request.Request(url + "/login", data=body, headers=headers or {})
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+    try:
+        return opener.open(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as error:
+        return error
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Hand back a redirect as it is: its Set-Cookie is what a test wants."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def session_cookie(response):
+    """The "session=..." pair of a login response's Set-Cookie."""
+    assert response.status == 303, response.read()
+    return response.headers["Set-Cookie"].split(";")[0]
+
+
+def authenticate(server, name="tester"):
+    """Log a new user in on a step06 server: its handshakes now carry the session cookie."""
+    cookie = session_cookie(log_in(server.http_url, name, add_user(server, name)))
+    server.headers = {"Cookie": cookie}
+    return server
+
+
 def start_step(request, make_server, name, env=None):
-    """Start a step by name; step04-redis and step05 get a redis-server of their own."""
+    """Start a step by name; step04-redis, step05 and step06 get a redis-server of their own."""
     env = dict(env or {})
-    if name in ("step04-redis", "step04-minimal", "step05", "step05-minimal"):
+    if name in ("step04-redis", "step04-minimal", "step05", "step05-minimal", "step06"):
         env["REDIS_URL"] = request.getfixturevalue("redis_server").url
     elif name == "step04":
         env["REDIS_URL"] = ""
+    if name == "step06":
+        return authenticate(make_server(name, env={**STEP06_UNLIMITED, **env}))
     return make_server(name, env=env)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SERVERS
+from conftest import ROOT, SERVERS, load_module
 
 PORT = "4321"  # any number: nothing is started
 # Server name in conftest -> make target whose last command starts it.
@@ -49,3 +49,15 @@ def test_the_make_target_starts_what_the_tests_start(name):
     folder, command = SERVERS[name]
     tested = normalized([word.format(port=PORT) for word in command])
     assert made_command(TARGETS[name]) == (folder, tested)
+
+
+def test_make_step06_starts_stack_py_which_starts_what_the_tests_start():
+    # `make step06` runs stack.py, which starts each app process as the tests start one.
+    assert made_command("step06") == ("step06_production", [
+        "python", "stack.py", "--port", "8443", "--http-port", "8080",
+        "--app-ports", PORT, "8001", "--redis-port", "6380"])
+    stack = load_module("step06_stack", "step06_production/stack.py")
+    folder, command = SERVERS["step06"]
+    assert folder == "step06_production"
+    assert normalized(stack.app_command(PORT)) == normalized(
+        [word.format(port=PORT) for word in command])

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, TIMEOUT, open_ws
+from conftest import ROOT, TIMEOUT, authenticate, open_ws
 
 PYTHON = sys.executable
 # name: (folder, command, environment). The first rungs read $PORT, set by conftest;
@@ -26,8 +26,9 @@ STANDALONE = {
     "step03": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}"], {}),
     "step04": ("step04_scale_out", [PYTHON, "server.py", "--port", "{port}"], {"REDIS_URL": ""}),
     "step05": ("step05_resume", [PYTHON, "server.py", "--port", "{port}"], {}),  # + redis-server
+    "step06": ("step06_production", [PYTHON, "server.py", "--port", "{port}"], {}),  # + Redis
 }
-HARDENED = ["step02", "step02-simple", "step03", "step04", "step05"]
+HARDENED = ["step02", "step02-simple", "step03", "step04", "step05", "step06"]
 NO_CLIENT = "no client at"
 
 
@@ -37,11 +38,13 @@ def start_copy(request, make_server, tmp_path):
 
     def start(name):
         folder, command, env = STANDALONE[name]
-        if name in ("step04-minimal", "step05-minimal", "step05"):
+        if name in ("step04-minimal", "step05-minimal", "step05", "step06"):
             env = {"REDIS_URL": request.getfixturevalue("redis_server").url}
         copy = tmp_path / folder
         shutil.copytree(ROOT / folder, copy, ignore=shutil.ignore_patterns("__pycache__"))
-        return make_server(name, cwd=copy, command=command, env=env)
+        server = make_server(name, cwd=copy, command=command, env=env)
+        # step06 serves its sockets to a logged-in user only: log in, with the copy's auth.py.
+        return authenticate(server) if name == "step06" else server
 
     return start
 

@@ -23,21 +23,22 @@ PAGE = ROOT / "docs" / "protections.md"
 SUITES = ["test_contract.py", "test_bad_input.py", "test_faults.py"]
 SERVERS = ["step02-minimal", "step02", "step02-gunicorn", "step02-simple",
            "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis",
-           "step05-minimal", "step05"]
+           "step05-minimal", "step05", "step06"]
 HEADINGS = ["02 minimal", "02", "02 gunicorn", "02 simple-websocket", "03 minimal", "03",
-            "04 minimal", "04", "04 Redis", "05 minimal", "05"]
+            "04 minimal", "04", "04 Redis", "05 minimal", "05", "06"]
 STEP02, STEP03, STEP04 = "step02_ws_gevent", "step03_ws_asgi", "step04_scale_out"
-STEP05 = "step05_resume"
+STEP05, STEP06 = "step05_resume", "step06_production"
 
 
 def same(code):
     """The same places in every hardened step's folder."""
-    return {STEP02: code, STEP03: code, STEP04: code, STEP05: code}
+    return {STEP02: code, STEP03: code, STEP04: code, STEP05: code, STEP06: code}
 
 
 def asgi(step02, step03, step04=None):
-    """Places in step02, and in step03 (step04 and step05 the same unless given)."""
-    return {STEP02: step02, STEP03: step03, STEP04: step04 or step03, STEP05: step04 or step03}
+    """Places in step02, and in step03 (step04 to step06 the same unless given)."""
+    return {STEP02: step02, STEP03: step03, STEP04: step04 or step03, STEP05: step04 or step03,
+            STEP06: step04 or step03}
 
 
 # The code that gives each behaviour, as "file:Class.method" or "file:/text on the line/".

@@ -1,0 +1,275 @@
+"""Step 6's chat: step 5's room, where every client is a logged-in user, within limits."""
+
+import asyncio
+import collections
+import contextlib
+import functools
+import json
+import secrets
+
+from falcon import WebSocketDisconnected
+from falcon.errors import PayloadTypeError
+from redis.exceptions import RedisError
+
+from limits import CONNECTIONS_PER_USER, RATE_ERROR, TooManyConnections, budget_of
+from protections import CHAT_MAX_MESSAGE_SIZE
+
+CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
+TEXT_ERROR = f"a chat message has 1 to {CHAT_MAX_TEXT_LENGTH} characters"
+OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
+SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
+HELD_MAX = 1000  # live events held for a client still catching up before it is dropped
+UNAVAILABLE = "chat backplane unavailable, message not delivered"
+
+
+def stream_order(event_id):
+    """The sort key of a Redis stream id, "milliseconds-sequence": compare numbers, not text."""
+    milliseconds, _, sequence = event_id.partition("-")
+    return int(milliseconds), int(sequence)
+
+
+def start_now(coro):
+    """Run a coroutine until it first has to wait: None if it finished, else a task to finish it.
+
+    What Python 3.12's eager tasks do: a send to a client that keeps up completes
+    right here, without a trip through the event loop for each of 1,000 clients.
+    """
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(finish(coro, waiting_on))
+
+
+async def finish(coro, waiting_on):
+    """Go on with a coroutine that start_now() ran up to its first wait."""
+    while True:
+        try:
+            if waiting_on is None:  # a bare yield: let the loop turn once
+                await asyncio.sleep(0)
+            else:
+                await waiting_on  # the future the coroutine is waiting for
+        except BaseException as error:  # a cancellation, say: the coroutine must see it
+            step = functools.partial(coro.throw, error)
+        else:
+            step = functools.partial(coro.send, None)
+        try:
+            waiting_on = step()
+        except StopIteration as done:
+            return done.value
+
+
+class ChatClient:
+    """One /chat connection: a message goes out at once, or waits in its outbox."""
+
+    def __init__(self, ws, on_drop, user):
+        # Who speaks, then which of their connections: the dot is not in a user name.
+        self.id = f"{user}.{secrets.token_hex(4)}"
+        self.budget = budget_of(user)  # shared by the user's connections in this process
+        self.ws = ws
+        self.on_drop = on_drop  # the room's way to let a dropped client go
+        self.outbox = collections.deque()  # messages behind a send that had to wait
+        self.sending = None  # the task finishing that send, while there is one
+        self.deadline = None  # the timer that drops the client if that task is too slow
+        self.closing = None
+        # Live events wait here while the client catches up (None once it has), and
+        # those its catch-up sent are skipped: up to the seam, where it ended.
+        self.held = collections.deque()
+        self.seam = None
+
+    def post(self, text):
+        """Send a message now, or queue it behind a send in progress; False if it lags."""
+        if self.sending is not None:
+            if len(self.outbox) >= OUTBOX_SIZE:
+                return False
+            self.outbox.append(text)
+            return True
+        # A send usually completes right here. One that has to wait (the client reads
+        # slower than we write) goes on in a task, with SEND_TIMEOUT to empty the outbox.
+        self.sending = start_now(self.deliver(text))
+        if self.sending is not None:
+            self.deadline = asyncio.get_running_loop().call_later(SEND_TIMEOUT, self.too_slow)
+        return True
+
+    def post_live(self, text, order):
+        """Send a live event, or hold it while the client catches up; False if it lags."""
+        if self.held is None:
+            return not self.is_new(order) or self.post(text)
+        self.held.append((order, text))
+        return len(self.held) <= HELD_MAX
+
+    def is_new(self, order):
+        """False for an event its catch-up sent already; live events come in stream order."""
+        if self.seam is None or order is None:
+            return True
+        if order <= self.seam:
+            return False
+        self.seam = None  # past the seam: every event that follows is new
+        return True
+
+    async def queue(self, text):
+        """Send a message, waiting for room: a catch-up can be longer than the outbox."""
+        while self.closing is None:
+            if self.post(text):
+                return
+            await asyncio.wait([self.sending], timeout=SEND_TIMEOUT)
+        raise WebSocketDisconnected(1008)  # dropped meanwhile: too slow to receive
+
+    async def release(self, seam):
+        """Caught up to the seam: send the held events that came after it, then go live."""
+        self.seam = None if seam is None else stream_order(seam)
+        # Events delivered meanwhile join the deque, so it ends only once it is empty.
+        while self.held:
+            order, text = self.held.popleft()
+            if self.is_new(order):
+                await self.queue(text)
+        self.held = None
+
+    async def deliver(self, text):
+        """Send a message, then everything queued behind it meanwhile."""
+        try:
+            await self.ws.send_text(text)
+            while self.outbox:
+                await self.ws.send_text(self.outbox.popleft())
+        except (WebSocketDisconnected, RuntimeError):
+            # The client has gone: its chat() sees it too, and leaves. uvicorn raises
+            # RuntimeError, not a disconnect, for a send after its own close (ping timeout).
+            self.outbox.clear()
+        finally:
+            if self.deadline is not None:
+                self.deadline.cancel()
+        self.sending = None
+
+    def too_slow(self):
+        """The send in progress outlasted SEND_TIMEOUT: give it up and drop the client."""
+        self.sending.cancel()
+        self.drop()
+
+    def drop(self):
+        """Close a client that stopped reading, without waiting on it; the room lets it go."""
+        if self.closing is None:
+            self.closing = asyncio.create_task(self.close_dropped())
+            self.on_drop(self)
+
+    async def close_dropped(self):
+        """Send 1008, however long the peer takes to read again."""
+        # ASGI gives an app no way to cut a connection, and uvicorn writes nothing
+        # while the peer is not reading: this close waits, unbounded, for the peer
+        # to read (it then gets what was queued, and 1008) or to go away.
+        with contextlib.suppress(WebSocketDisconnected):
+            await self.ws.close(1008, "too slow to receive")
+
+    def stop(self):
+        """The connection is over: give up any send still waiting."""
+        if self.sending is not None:
+            self.sending.cancel()
+
+
+class Room:
+    """Everyone connected to /chat: without a backplane, that is this process's clients."""
+
+    def __init__(self):
+        self.clients = {}
+        self.leaving = set()  # leave announcements under way, kept until done
+
+    async def chat(self, ws, params, user):
+        """Relay this user's messages to the room until it leaves."""
+        # A client that stops reading leaves the room as soon as it is dropped.
+        client = ChatClient(ws, on_drop=self.leave_soon, user=user)
+        try:
+            await self.join(client, params)
+            while True:
+                message = await ws.receive_text()
+                # uvicorn reads up to ECHO_MAX_MESSAGE_SIZE; the chat's own limit is smaller.
+                if len(message.encode()) > CHAT_MAX_MESSAGE_SIZE:
+                    await ws.close(1009, f"message over {CHAT_MAX_MESSAGE_SIZE} bytes")
+                    break
+                # Over the budget: refused with an error; a whole burst over: closed.
+                if client.budget.spend() < 0:
+                    if client.budget.flooding():
+                        await ws.close(1008, "too many messages")
+                        break
+                    client.post(json.dumps({"type": "error", "error": RATE_ERROR}))
+                    continue
+                await self.say(client, message)
+        except TooManyConnections:
+            await ws.close(1008, f"at most {CONNECTIONS_PER_USER} chat connections per user")
+        except PayloadTypeError:
+            await ws.close(1003, "chat accepts text messages only")
+        except WebSocketDisconnected:
+            pass
+        except RedisError:
+            # Joining, or storing a message with a msg_id, needs the backplane;
+            # the client may try again later (and send that message again).
+            await ws.close(1011, "chat backplane unavailable")
+        finally:
+            await self.leave(client)
+            client.stop()
+
+    async def say(self, client, message):
+        """Send a message to every client, the sender included; or tell the sender why not."""
+        text = message.strip()
+        if not text or len(text) > CHAT_MAX_TEXT_LENGTH:
+            client.post(json.dumps({"type": "error", "error": TEXT_ERROR}))
+            return
+        try:
+            await self.publish({"type": "message", "id": client.id, "text": text})
+        except RedisError:
+            # Say so: nothing has stored the message.
+            client.post(json.dumps({"type": "error", "error": UNAVAILABLE}))
+
+    async def join(self, client, params):
+        """Add a client; it gets a welcome and what it missed, everyone else a join."""
+        self.clients[client.id] = client  # live events wait in client.held meanwhile
+        count = await self.add(client.id)
+        # Its join's place in the chat is the seam: it catches up to there, then goes live.
+        seam = await self.publish({"type": "join", "id": client.id, "count": count})
+        await self.catch_up(client, {"type": "welcome", "id": client.id, "count": count},
+                            params, seam)
+        await client.release(seam)
+
+    async def catch_up(self, client, welcome, params, seam):
+        """Welcome the client; a room that keeps its events (RedisRoom) replays them too."""
+        client.post(json.dumps(welcome))
+
+    async def leave(self, client):
+        """Remove a client; everyone else gets a leave."""
+        if self.clients.pop(client.id, None) is not None:
+            await self.remove(client.id)
+
+    def leave_soon(self, client):
+        """Remove a client that stopped reading, without waiting for the announcement."""
+        if self.clients.pop(client.id, None) is not None:
+            task = asyncio.create_task(self.remove(client.id))
+            self.leaving.add(task)
+            task.add_done_callback(self.leaving.discard)
+
+    async def add(self, client_id):
+        """Count the chat with a newcomer in it."""
+        return len(self.clients)
+
+    async def remove(self, client_id):
+        """Tell everyone a client has gone."""
+        await self.publish({"type": "leave", "id": client_id, "count": len(self.clients)})
+
+    async def publish(self, event):
+        """Send an event to the whole chat, which here is this process; it has no id here."""
+        self.deliver(event)
+
+    def deliver(self, event):
+        """Send an event to every client here; drop those whose outbox is full."""
+        text = json.dumps(event)  # once, not once per client
+        order = stream_order(event["event_id"]) if "event_id" in event else None
+        # Iterate over a copy: a client dropped here leaves the dict.
+        for client in list(self.clients.values()):
+            # A newcomer does not hear of its own join.
+            if event["type"] == "join" and client.id == event["id"]:
+                continue
+            if not client.post_live(text, order):
+                client.drop()
+
+    async def process_startup(self, scope, event):
+        """Falcon calls this when the server starts (ASGI lifespan)."""
+
+    async def process_shutdown(self, scope, event):
+        """Falcon calls this when the server stops, after the clients are closed."""
