@@ -56,6 +56,31 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[3])
 return {id, 0}
 """
 
+# A join or a leave changes the members and adds its event in one script: two clients
+# joining at once get counts in the order of their events, which is the stream's order.
+# (Counted first and added after, the later count could land first: the other client,
+# whose seam comes after it, would never hear of that join.)
+MEMBERSHIP = """
+local changed = 1
+if ARGV[1] == 'join' then
+  -- KEYS[3] is the user's set of connections: one over the limit is taken back unannounced.
+  redis.call('SADD', KEYS[3], ARGV[2])
+  if redis.call('SCARD', KEYS[3]) > tonumber(ARGV[5]) then
+    redis.call('SREM', KEYS[3], ARGV[2])
+    return false
+  end
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else
+  redis.call('SREM', KEYS[3], ARGV[2])
+  changed = redis.call('HDEL', KEYS[1], ARGV[2])
+end
+if changed == 0 then return false end
+local count = redis.call('HLEN', KEYS[1])
+local event = cjson.encode({type = ARGV[1], id = ARGV[2], count = count})
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', event)
+return {count, id}
+"""
+
 
 def log(text):
     """Print a line about the backplane, at once."""
@@ -108,6 +133,7 @@ class RedisRoom(Room):
         self.redis = redis.from_url(url, decode_responses=True, socket_connect_timeout=2,
                                     socket_timeout=5, retry=Retry(NoBackoff(), 1))
         self.store_once = self.redis.register_script(STORE_ONCE)
+        self.membership = self.redis.register_script(MEMBERSHIP)
         # Renewing the members and removing one must not interleave (see heartbeat()).
         self.lock = asyncio.Lock()
         self.last_id = None  # the last event delivered here; None until the reader starts
@@ -118,27 +144,23 @@ class RedisRoom(Room):
         # Until the reader knows where it starts, it could miss a newcomer's first events.
         if self.last_id is None:
             raise RedisConnectionError("not reading the chat stream yet")
-        # MULTI/EXEC: the counts are right after this client joined, in every process.
-        mine = USER + user_of(client_id)
-        async with self.redis.pipeline() as pipe:
-            pipe.hset(MEMBERS, client_id, self.process).hlen(MEMBERS)
-            _, count, _, connections = await pipe.sadd(mine, client_id).scard(mine).execute()
-        if connections > CONNECTIONS_PER_USER:
-            # Not announced yet: take it back without a leave.
-            async with self.redis.pipeline() as pipe:
-                await pipe.hdel(MEMBERS, client_id).srem(mine, client_id).execute()
+        joined = await self.change_members("join", client_id)
+        if joined is None:
             raise TooManyConnections(client_id)
-        return count
+        return joined
+
+    async def change_members(self, change, client_id):
+        """Join or leave, with its event: (count, event id); None if refused or already gone."""
+        return await self.membership(
+            keys=[MEMBERS, STREAM, USER + user_of(client_id)],
+            args=[change, client_id, self.process, STREAM_MAXLEN, CONNECTIONS_PER_USER])
 
     async def remove(self, client_id):
         # Several processes may sweep the same client: only the one whose HDEL
         # removed it announces the leave.
         try:
-            async with self.lock, self.redis.pipeline() as pipe:
-                pipe.hdel(MEMBERS, client_id).srem(USER + user_of(client_id), client_id)
-                removed, _, count = await pipe.hlen(MEMBERS).execute()
-            if removed:
-                await self.publish({"type": "leave", "id": client_id, "count": count})
+            async with self.lock:
+                await self.change_members("leave", client_id)
         except RedisError as error:
             log(f"leave of {client_id} not announced yet ({error}); the sweep will retry")
 

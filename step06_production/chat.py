@@ -221,9 +221,8 @@ class Room:
     async def join(self, client, params):
         """Add a client; it gets a welcome and what it missed, everyone else a join."""
         self.clients[client.id] = client  # live events wait in client.held meanwhile
-        count = await self.add(client.id)
         # Its join's place in the chat is the seam: it catches up to there, then goes live.
-        seam = await self.publish({"type": "join", "id": client.id, "count": count})
+        count, seam = await self.add(client.id)
         await self.catch_up(client, {"type": "welcome", "id": client.id, "count": count},
                             params, seam)
         await client.release(seam)
@@ -245,8 +244,9 @@ class Room:
             task.add_done_callback(self.leaving.discard)
 
     async def add(self, client_id):
-        """Count the chat with a newcomer in it."""
-        return len(self.clients)
+        """Announce a newcomer: the count with it in, and the id of its join event."""
+        count = len(self.clients)
+        return count, await self.publish({"type": "join", "id": client_id, "count": count})
 
     async def remove(self, client_id):
         """Tell everyone a client has gone."""
