@@ -3,7 +3,6 @@
 import asyncio
 import collections
 import contextlib
-import functools
 import json
 import secrets
 import types
@@ -20,10 +19,11 @@ SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
 
 
 def start_now(coro):
-    """Run a coroutine until it first has to wait: None if it finished, else a task to finish it.
+    """Run a coroutine up to its first wait: None if it finished, else a task that finishes it.
 
-    What asyncio.Task(coro, eager_start=True) does on Python 3.12+: a send to a client
-    that keeps up completes right here, without a trip through the event loop.
+    A send to a client that keeps up then completes right here, with no trip through the
+    event loop for each of 1,000 clients. Python 3.12's asyncio.Task(coro, loop=loop,
+    eager_start=True) does the same; this one path runs, and is tested, on 3.10 to 3.13.
     """
     try:
         waiting_on = coro.send(None)
@@ -39,16 +39,17 @@ async def finish(coro, waiting_on):
 
 @types.coroutine
 def relay(coro, waiting_on):
-    """Pass what coro waits on up to the task, and what the task sends back down to coro."""
+    """Hand the task what coro waits on, and coro what the task sends back or throws in."""
+    # Yield the future itself, never `await` it again here: a second await of a future
+    # already handed out raises RuntimeError, which deliver() takes for a gone client.
     while True:
         try:
-            result = yield waiting_on  # the future, as coro's own await handed it over
-        except BaseException as error:  # a cancellation, say: coro must see it
-            step = functools.partial(coro.throw, error)
-        else:
-            step = functools.partial(coro.send, result)
-        try:
-            waiting_on = step()
+            try:
+                result = yield waiting_on
+            except BaseException as error:  # a cancellation, say: coro must see it
+                waiting_on = coro.throw(error)
+            else:
+                waiting_on = coro.send(result)
         except StopIteration as done:
             return done.value
 
