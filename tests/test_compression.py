@@ -16,7 +16,7 @@ import pytest
 
 from conftest import OPCODE_CLOSE, OPCODE_TEXT, SERVERS, TIMEOUT, frame, read_exactly
 
-STEPS = ["step03-minimal", "step03", "step04-minimal", "step04"]
+STEPS = ["step03-minimal", "step03", "step04-minimal", "step04", "step05"]
 # Chromium's offer: compression, and any window size the server likes for our messages.
 OFFER = "permessage-deflate; client_max_window_bits"
 RSV1 = 0x40  # the "compressed" bit of a frame's first byte (RFC 7692)
