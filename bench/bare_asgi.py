@@ -13,6 +13,7 @@ import uvicorn
 
 # The same values step03_ws_asgi/server.py gives uvicorn.Config().
 MAX_MESSAGE_SIZE = 16 * 2**20
+PER_MESSAGE_DEFLATE = False
 PING_INTERVAL = 20
 PING_TIMEOUT = 20
 
@@ -93,7 +94,10 @@ def main():
         app,
         host=args.host,
         port=args.port,
+        loop="auto",  # uvloop where installed, as step03 runs
+        http="auto",
         ws="websockets-sansio",
+        ws_per_message_deflate=PER_MESSAGE_DEFLATE,
         ws_max_size=MAX_MESSAGE_SIZE,
         ws_ping_interval=PING_INTERVAL,
         ws_ping_timeout=PING_TIMEOUT,

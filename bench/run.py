@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from datetime import date
 from pathlib import Path
 
@@ -38,23 +40,32 @@ SERVERS = {
     "step02-gunicorn": ("step02_ws_gevent", [
         str(BIN / "gunicorn"), "--worker-class", "protections.Worker", "--worker-connections",
         "20000", "--bind", "127.0.0.1:{port}", "--graceful-timeout", "3", "app:app"]),
+    "step02-simple": ("step02_ws_gevent", [PYTHON, "wsgi_simple.py", "--port", "{port}"]),
     "step03": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}"]),
+    # step03 on asyncio's own loop: what uvloop (step03's default) is worth.
+    "step03-asyncio": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}",
+                                          "--loop", "asyncio"]),
+    # step03 with compression accepted, and offered by the client as browsers do.
+    "step03-deflate": ("step03_ws_asgi", [PYTHON, "server.py", "--port", "{port}",
+                                          "--ws-per-message-deflate", "true"]),
     "bare-asgi": ("bench", [PYTHON, "bare_asgi.py", "--port", "{port}"]),
     "websockets": ("bench", [PYTHON, "websockets_echo.py", "--port", "{port}"]),
 }
 
 # What each workload does, for a full run and for --quick.
-FULL = {"small_conns": 50, "small_seconds": 2, "small_runs": 2,
+FULL = {"small_conns": 50, "small_seconds": 2, "runs": 2,
         "large_conns": 2, "large_seconds": 3, "warmup": 0.5,
         "idle_conns": 10_000, "fanout_clients": 1_000, "fanout_rounds": 3}
-QUICK = {"small_conns": 10, "small_seconds": 0.5, "small_runs": 1,
+QUICK = {"small_conns": 10, "small_seconds": 0.5, "runs": 1,
          "large_conns": 1, "large_seconds": 0.5, "warmup": 0.2,
          "idle_conns": 200, "fanout_clients": 40, "fanout_rounds": 2}
 SMALL_MESSAGE = "x" * 32
 LARGE_SIZE = 2**20
 CONNECT_CONCURRENCY = 25  # handshakes in flight per client process, below every backlog
 
-# The client offers no compression: gevent-websocket has none, uvicorn would accept it.
+# Servers the client offers permessage-deflate to, as browsers do; to the others it offers
+# no compression (gevent-websocket has none; step03 would decline, the references accept).
+OFFER_DEFLATE = {"step03-deflate"}
 CLIENT_OPTIONS = {"compression": None, "ping_interval": None, "max_size": None,
                   "open_timeout": 60, "close_timeout": 2, "proxy": None}
 
@@ -126,9 +137,10 @@ async def echo_load(parent, url, count, message):
     await asyncio.gather(*(ws.close() for ws in connections))
 
 
-def client_frame(opcode, payload):
+def client_frame(opcode, payload, compressed=False):
     """One masked client frame of under 126 bytes (a zero mask is valid and costs nothing)."""
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + bytes(4) + payload
+    first = 0x80 | (0x40 if compressed else 0) | opcode  # 0x40: RSV1, "compressed"
+    return bytes([first, 0x80 | len(payload)]) + bytes(4) + payload
 
 
 class SmallEcho(asyncio.Protocol):
@@ -142,11 +154,15 @@ class SmallEcho(asyncio.Protocol):
     def __init__(self, host, port, message):
         self.message = message
         self.frame = client_frame(0x1, message)
+        # Chromium's offer, when this run offers compression.
+        offer = ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                 if CLIENT_OPTIONS["compression"] else "")
         self.request = (
             f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
         ).encode()
+        self.compressor = self.decompressor = None  # set if the server accepts compression
         loop = asyncio.get_running_loop()
         self.opened, self.finished = loop.create_future(), loop.create_future()
         self.buffer, self.handshaken = b"", False
@@ -165,14 +181,19 @@ class SmallEcho(asyncio.Protocol):
                 self.buffer = head
             elif head.startswith(b"HTTP/1.1 101"):
                 self.handshaken = True
+                if b"permessage-deflate" in head.lower():
+                    self.start_compression(head)
                 self.opened.set_result(self)
             else:
                 self.fail(f"handshake refused: {head[:40]!r}")
             return
         # Servers answer with unmasked frames of under 126 bytes here.
         while len(self.buffer) >= 2 and len(self.buffer) >= 2 + (self.buffer[1] & 0x7F):
-            opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+            first, length = self.buffer[0], self.buffer[1] & 0x7F
+            opcode = first & 0x0F
             payload, self.buffer = self.buffer[2:2 + length], self.buffer[2 + length:]
+            if first & 0x40:  # RSV1: a compressed message (RFC 7692 drops the last 4 bytes)
+                payload = self.decompressor.decompress(payload + b"\x00\x00\xff\xff")
             if opcode == 0x9:  # ping: answer it, as any client must
                 self.transport.write(client_frame(0xA, payload))
             elif opcode == 0x1 and payload == self.message:
@@ -190,7 +211,18 @@ class SmallEcho(asyncio.Protocol):
                 self.finished.set_result(None)
             return
         self.sent = now
-        self.transport.write(self.frame)
+        if self.compressor is None:
+            self.transport.write(self.frame)
+        else:  # compress each time, as browsers do: the compressor keeps its context
+            data = self.compressor.compress(self.message)
+            data += self.compressor.flush(zlib.Z_SYNC_FLUSH)
+            self.transport.write(client_frame(0x1, data[:-4], compressed=True))
+
+    def start_compression(self, head):
+        """Use permessage-deflate as the server accepted it: its window for our messages."""
+        bits = re.search(rb"client_max_window_bits=(\d+)", head)
+        self.compressor = zlib.compressobj(wbits=-int(bits.group(1)) if bits else -15)
+        self.decompressor = zlib.decompressobj(wbits=-15)  # reads any smaller window too
 
     def fail(self, reason):
         for future in (self.opened, self.finished):
@@ -302,9 +334,11 @@ CLIENT_WORKLOADS = {"small": small_load, "large": large_load, "idle": idle_load,
                     "fanout": fanout_load}
 
 
-def client_process(conn, workload, url, count, *extra):
+def client_process(conn, workload, url, count, *extra, deflate=False):
     """One load-generator process: run its share of a workload, report errors to the parent."""
     raise_fd_limit()
+    if deflate:
+        CLIENT_OPTIONS["compression"] = "deflate"  # this process offers it on every connection
     try:
         asyncio.run(CLIENT_WORKLOADS[workload](Parent(conn), url, count, *extra))
     except Exception as error:  # noqa: BLE001 - the parent prints it
@@ -380,6 +414,7 @@ class Server:
         self.url = f"ws://127.0.0.1:{self.port}/"
         self.command = [part.format(port=self.port) for part in command]
         self.cwd = ROOT / folder
+        self.deflate = name in OFFER_DEFLATE
         self.log = tempfile.TemporaryFile()
         self.process = None
 
@@ -427,13 +462,14 @@ class Server:
 class Clients:
     """Load-generator processes, each with a pipe to this one."""
 
-    def __init__(self, workload, url, counts, *extra):
+    def __init__(self, workload, server, counts, *extra):
         context = multiprocessing.get_context("spawn")
         self.pipes, self.processes = [], []
         for count in counts:
             ours, theirs = context.Pipe()
             process = context.Process(target=client_process, daemon=True,
-                                      args=(theirs, workload, url, count, *extra))
+                                      args=(theirs, workload, server.url, count, *extra),
+                                      kwargs={"deflate": server.deflate})
             process.start()
             self.pipes.append(ours)
             self.processes.append(process)
@@ -478,7 +514,7 @@ def split(total, parts):
 
 def run_echo(server, workload, connections, seconds, warmup, procs):
     """Workloads 1 and 2: timed echo round trips; returns rates, latencies and CPU use."""
-    with Clients(workload, server.url, split(connections, procs)) as clients:
+    with Clients(workload, server, split(connections, procs)) as clients:
         clients.gather("ready", 120)
         warm_from = time.monotonic() + 0.3
         start, stop = warm_from + warmup, warm_from + warmup + seconds
@@ -518,7 +554,7 @@ def run_large(server, profile, procs):
 def run_idle(server, profile, procs):
     """Workload 3: memory of the server tree per open idle connection."""
     total = profile["idle_conns"]
-    with Clients("idle", server.url, split(total, procs)) as clients:
+    with Clients("idle", server, split(total, procs)) as clients:
         warm = sum(clients.gather("ready", 60))
         time.sleep(0.5)
         before = rss_kib(server.pids())
@@ -536,7 +572,7 @@ def run_fanout(server, profile, procs):
     """Workload 4: time from one chat message to its arrival at every connected client."""
     total = profile["fanout_clients"]
     times = []
-    with Clients("fanout", server.url, split(total, procs), total) as clients:
+    with Clients("fanout", server, split(total, procs), total) as clients:
         clients.gather("ready", 180)
         for round_number in range(profile["fanout_rounds"]):
             time.sleep(0.2)
@@ -555,6 +591,17 @@ WORKLOADS = {
     "idle": ("3. idle connections", run_idle),
     "fanout": ("4. chat fan-out", run_fanout),
 }
+
+
+def better(result, best):
+    """Whether a result beats the best so far: a higher rate, or a faster fan-out."""
+    if best is None or "error" in best:
+        return True
+    if "error" in result:
+        return False
+    if "median_ms" in result:
+        return result["median_ms"] < best["median_ms"]
+    return result["rate"] > best["rate"]
 
 
 def describe(workload, result):
@@ -630,8 +677,8 @@ def report(results, names, profile, procs):
             cell(results, "idle", name, "kib_per_conn", ".1f"),
             cell(results, "fanout", name, "median_ms", ".1f"),
         ]) + " |")
-    lines += ["", "Targets (the CPU ratio compares server CPU time per message, which "
-              "others' load on the machine disturbs less than a rate):", ""]
+    lines += ["", "Targets, as ratios within this run (server CPU time per message moves "
+              "less than a rate when others use the machine):", ""]
     for workload, top, bottom, target in [("small", "step03", "bare-asgi", 0.9),
                                           ("large", "step02", "step03", 0.5),
                                           ("large", "step02-gunicorn", "step03", 0.5)]:
@@ -643,12 +690,32 @@ def report(results, names, profile, procs):
             lines.append(f"- {WORKLOADS[workload][0][3:]}, {top} / {bottom}: {by_rate:.2f} "
                          f"(by CPU per message {by_cpu:.2f}; target >= {target}: "
                          f"{verdict(by_rate, target)})")
-    for name in ("step02", "step02-gunicorn", "step03"):
+    # Lower is better for these: step03's cost over a reference.
+    for workload, key, top, bottom, target, what in [
+            ("small", "server_cpu_us", "step03", "step02-gunicorn", 1.15, "CPU per message"),
+            ("fanout", "median_ms", "step03", "bare-asgi", 1.3, "time to reach every client")]:
+        value = ratio(results, workload, key, top, bottom)
+        if value is not None:
+            lines.append(f"- {WORKLOADS[workload][0][3:]}, {top} / {bottom}, {what}: "
+                         f"{value:.2f} (target <= {target}: "
+                         f"{verdict(value, target, higher_is_better=False)})")
+    for name in names:
         result = results.get("idle", {}).get(name)
-        if result and "error" not in result:
-            per_conn = result["kib_per_conn"]
-            lines.append(f"- idle memory, {name}: {per_conn:.1f} KiB per connection "
-                         f"(target <= 50: {verdict(per_conn, 50, higher_is_better=False)})")
+        if name in OFFER_DEFLATE or not result or "error" in result:
+            continue
+        per_conn = result["kib_per_conn"]
+        compressed = results["idle"].get(f"{name}-deflate", {}).get("kib_per_conn")
+        beside = (f"; {compressed:.1f} with compression negotiated ({name}-deflate)"
+                  if compressed else "")
+        lines.append(f"- idle memory, {name}: {per_conn:.1f} KiB per connection (target "
+                     f"<= 50: {verdict(per_conn, 50, higher_is_better=False)}){beside}")
+    # No target: what uvloop, step03's default event loop, is worth.
+    for workload, key in [("small", "server_cpu_us"), ("fanout", "median_ms")]:
+        value = ratio(results, workload, key, "step03-asyncio", "step03")
+        if value is not None:
+            lines.append(f"- {WORKLOADS[workload][0][3:]}, step03 on asyncio's loop / on "
+                         f"uvloop, {'CPU per message' if workload == 'small' else 'time'}: "
+                         f"{value:.2f}")
     reference = results.get("small", {}).get("websockets")
     if reference and "error" not in reference:
         lines.append(f"- load generator on small messages against websockets: clients "
@@ -668,14 +735,18 @@ def plot(results, names, path):
               ("large", "mib_s", "1 MiB echo, MiB/s (higher is better)"),
               ("idle", "kib_per_conn", "KiB per idle connection (lower is better)"),
               ("fanout", "median_ms", "chat fan-out, ms (lower is better)")]
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7))
-    colors = ["#4c72b0", "#64b5cd", "#dd8452", "#8c8c8c", "#b0b0b0"]
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    # One colour per family: gevent (step02*), ASGI (step03*), the references.
+    colors = [{"step02": "#4c72b0", "step03": "#dd8452"}.get(name.split("-")[0], "#a0a0a0")
+              for name in names]
     for axis, (workload, key, title) in zip(axes.flat, panels, strict=True):
         values = [results.get(workload, {}).get(name, {}).get(key, 0) for name in names]
-        bars = axis.bar(names, values, color=colors[:len(names)])
+        bars = axis.bar(names, values, color=colors)
         axis.bar_label(bars, fmt="{:,.0f}" if max(values) >= 100 else "{:.1f}", fontsize=8)
         axis.set_title(title, fontsize=10)
-        axis.tick_params(axis="x", labelsize=8)
+        axis.tick_params(axis="x", labelsize=8, labelrotation=30)
+        for label in axis.get_xticklabels():  # each name ends under its own bar
+            label.set(horizontalalignment="right", rotation_mode="anchor")
     figure.suptitle("step02 (gevent) and step03 (ASGI) against bare references")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -697,6 +768,9 @@ def main():
     parser.add_argument("--plot", type=Path,
                         help="where to draw the chart (default docs/bench.png; none with --quick)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--no-backplanes", dest="backplanes", action="store_false",
+                        help="skip 5.: step04's pub/sub against step05's stream "
+                             "(bench/backplanes.py)")
     args = parser.parse_args()
     profile = dict(QUICK if args.quick else FULL)
     names = args.servers.split(",")
@@ -712,9 +786,10 @@ def main():
     for workload in args.workloads.split(","):
         title, run = WORKLOADS[workload]
         print(f"{title}", flush=True)
-        # Small messages are the most disturbed by others' load on the machine: run them
-        # in rounds, each in the reverse order of the last, and keep each server's best.
-        rounds = profile["small_runs"] if workload == "small" else 1
+        # Small messages and the fan-out are the most disturbed by others' load on the
+        # machine: run them in rounds, each in the reverse order of the last, and keep
+        # each server's best.
+        rounds = profile["runs"] if workload in ("small", "fanout") else 1
         for round_number in range(rounds):
             for name in names if round_number % 2 == 0 else names[::-1]:
                 began_here = time.monotonic()
@@ -723,14 +798,22 @@ def main():
                         result = run(server, profile, args.client_procs)
                 except Exception as error:  # noqa: BLE001 - one failure must not end the run
                     result = {"error": f"{type(error).__name__}: {error}"}
-                best = results.setdefault(workload, {}).get(name)
-                if best is None or "error" in best or result.get("rate", 0) > best["rate"]:
+                if better(result, results.setdefault(workload, {}).get(name)):
                     results[workload][name] = result
                 print(f"  {name:16} {describe(workload, result)} "
                       f"[{time.monotonic() - began_here:.0f} s]", flush=True)
 
+    # 5. step04's pub/sub or step05's stream: one chat on two processes and a Redis each.
+    backplane_lines = []
+    if args.backplanes:
+        from backplanes import run as run_backplanes
+
+        print("5. pub/sub or stream", flush=True)
+        results["backplanes"], backplane_lines = run_backplanes(quick=args.quick)
+
     print(f"\nDone in {time.monotonic() - began:.0f} s.\n")
     print(report(results, names, profile, args.client_procs))
+    print(*backplane_lines, sep="\n")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if plot_path:

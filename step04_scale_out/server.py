@@ -7,7 +7,14 @@ import os
 import uvicorn
 
 from app import CLIENT_DIR, app
-from protections import ECHO_MAX_MESSAGE_SIZE, PING_INTERVAL, PING_TIMEOUT, Server
+from protections import (
+    ECHO_MAX_MESSAGE_SIZE,
+    PER_MESSAGE_DEFLATE,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    Server,
+    WebSocketProtocol,
+)
 
 SHUTDOWN_TIMEOUT = 3  # seconds given to connections to finish once clients heard 1001
 
@@ -18,13 +25,22 @@ def main():
     # Loopback by default: the post's 0.0.0.0 exposes the server to the network.
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    # "auto" is uvloop where it is installed (requirements.txt pins it), asyncio elsewhere.
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                        help="event loop (default: auto, uvloop when installed)")
+    parser.add_argument("--ws-per-message-deflate", choices=["true", "false"],
+                        default=str(PER_MESSAGE_DEFLATE).lower(),
+                        help="accept compression when a client offers it (default: %(default)s)")
     args = parser.parse_args()
 
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
-        ws="websockets-sansio",
+        loop=args.loop,
+        http="auto",  # httptools where installed: it parses the handshake's HTTP request
+        ws=WebSocketProtocol,  # uvicorn's "websockets-sansio", closing errors cleanly
+        ws_per_message_deflate=args.ws_per_message_deflate == "true",
         ws_max_size=ECHO_MAX_MESSAGE_SIZE,
         ws_ping_interval=PING_INTERVAL,
         ws_ping_timeout=PING_TIMEOUT,

@@ -13,12 +13,16 @@ import os
 
 import falcon
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 # The largest message a client may send: uvicorn enforces the first on every route,
 # the chat checks the second.
 ECHO_MAX_MESSAGE_SIZE = 16 * 2**20  # bytes on "/", uvicorn's default
 CHAT_MAX_MESSAGE_SIZE = 64 * 2**10  # bytes on /chat; a bigger message is closed with 1009
-CLOSE_TIMEOUT = 1  # seconds shutdown waits for the close frames to go out
+CLOSE_TIMEOUT = 1  # seconds a close frame gets to go out, at shutdown or after an error
+# Compression (permessage-deflate): browsers always offer it, and uvicorn accepts it
+# by default, on every route at once. Off here: see README.md, "Compression".
+PER_MESSAGE_DEFLATE = False
 PING_INTERVAL = float(os.environ.get("PING_INTERVAL", "20"))  # seconds between pings
 PING_TIMEOUT = float(os.environ.get("PING_TIMEOUT", "20"))  # seconds to wait for the pong
 
@@ -48,6 +52,29 @@ class ClientErrorsOnOneLine(logging.Filter):
 
 # Any client can send bad bytes: a traceback each time would flood the log and hide real errors.
 logging.getLogger("uvicorn.error").addFilter(ClientErrorsOnOneLine())
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's "websockets-sansio", except that a client's error is closed without a reset."""
+
+    def handle_parser_exception(self):
+        """Send the close (1002, 1007, 1009), then drop what the client still sends."""
+        if self.close_sent:  # websockets discards the rest; nothing more to say
+            return
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code,
+                               "reason": close.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        # uvicorn hangs up here, on the rest of an oversized message still coming in:
+        # the kernel then sends a reset, which can destroy our close frame before the
+        # client reads it. Say we are done writing, read on, and hang up when it does.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
 
 
 class OriginCheck:

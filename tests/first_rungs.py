@@ -93,19 +93,3 @@ LACKS["step04-minimal"] = {
 # step05's first rung is step04's on a Redis stream, each client reading it from its last
 # id: the same relay, without welcome, join or leave events, so the same tests fail.
 LACKS["step05-minimal"] = dict(LACKS["step04-minimal"])
-
-# Not a first rung: a known defect of the hardened step05, shown here so that it cannot
-# hide. Its chat.py starts each send at once and queues behind a send in progress; a
-# client that stops reading is then never dropped (step03 and step04 drop it). The day
-# it is fixed these pass, and strict marking fails the run until this entry goes.
-STEP05_SLOW_READER = ("known defect of step05's chat.py: a client that stops reading is "
-                      "never dropped, so the room keeps sending to it")
-LACKS["step05"] = {
-    "test_a_client_that_stops_reading_does_not_stall_the_chat": STEP05_SLOW_READER,
-    "test_a_dropped_chat_client_is_closed_when_it_reads_again": STEP05_SLOW_READER,
-    "test_a_dropped_chat_client_paused_past_the_ping_timeout_is_closed": STEP05_SLOW_READER,
-}
-
-# step06's chat.py is step05's with user names and limits: the same defect, the same tests.
-LACKS["step06"] = dict.fromkeys(LACKS["step05"], STEP05_SLOW_READER.replace(
-    "step05's chat.py", "step05's chat.py, which step06's copies"))
