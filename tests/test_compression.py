@@ -16,7 +16,8 @@ import pytest
 
 from conftest import OPCODE_CLOSE, OPCODE_TEXT, SERVERS, TIMEOUT, frame, read_exactly
 
-STEPS = ["step03-minimal", "step03", "step04-minimal", "step04", "step05"]
+STEPS = ["step03-minimal", "step03", "step04-minimal", "step04", "step05-minimal", "step05",
+         "step06"]
 # Chromium's offer: compression, and any window size the server likes for our messages.
 OFFER = "permessage-deflate; client_max_window_bits"
 RSV1 = 0x40  # the "compressed" bit of a frame's first byte (RFC 7692)
@@ -33,10 +34,11 @@ def handshake(server, path):
     """Open a raw WebSocket offering compression; return the socket and the response headers."""
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in server.headers.items())  # step06
     sock.sendall(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Extensions: {OFFER}\r\n\r\n".encode()
+        f"Sec-WebSocket-Extensions: {OFFER}\r\n{extra}\r\n".encode()
     )
     response = b""
     # Byte by byte: what follows the headers is a frame, not ours to eat.
