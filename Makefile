@@ -43,7 +43,9 @@ test: $(DEV_STAMP)
 	@chromium=$$($(BIN)/python tools/browser.py) || \
 		echo "NOTICE: the browser tests are SKIPPED: $$chromium."
 	@command -v redis-server >/dev/null || \
-		echo "NOTICE: no redis-server: the step04-redis and step05 tests are SKIPPED (apt-get install redis-server)."
+		echo "NOTICE: no redis-server: the step04-redis, step05 and step06 tests are SKIPPED (apt-get install redis-server)."
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+		echo "NOTICE: no nginx: step06's tests through nginx are SKIPPED (apt-get install nginx)."
 	$(BIN)/pytest -m "not soak" --outcomes=reports/outcomes.json
 	$(BIN)/python tools/protections_table.py --check reports/outcomes.json
 
