@@ -454,14 +454,24 @@ def pytest_addoption(parser):
     parser.addoption("--outcomes", metavar="PATH",
                      help="write every test's server and outcome to PATH, as JSON "
                           "(tools/protections_table.py reads it)")
+    parser.addoption("--without-known-gaps", action="store_true",
+                     help="deselect what the first rungs lack (tests/first_rungs.py), for the "
+                          "other Pythons: make test checks those strict failures once")
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """Mark what a first rung lacks as an expected failure, strict, with its reason."""
+    gaps = []
     for item in items:
         reason = LACKS.get(server_of(item), {}).get(item.originalname)
         if reason:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+            gaps.append(item)
+    if gaps and config.getoption("without_known_gaps"):
+        # Most of these wait out a timeout for what never comes: minutes per run.
+        config.hook.pytest_deselected(items=gaps)
+        deselected = set(gaps)
+        items[:] = [item for item in items if item not in deselected]
 
 
 OUTCOMES = []

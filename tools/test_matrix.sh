@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole suite on every Python 3.10-3.13 found, each in its own .venv-3.X.
+# Run the suite on every Python 3.10-3.13 found, each in its own .venv-3.X.
 # Usage: tools/test_matrix.sh [VERSION ...]   (default: 3.10 3.11 3.12 3.13)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,14 @@ for version in "${@:-3.10 3.11 3.12 3.13}"; do
       continue
     fi
     echo "=== Python $v ($python) ==="
-    if make test PYTHON="$python" VENV=".venv-$v"; then ran+=("$v"); else failed+=("$v"); fi
+    # The whole suite but the first rungs' known gaps: make test checks those strict
+    # failures on the default Python; here they would only wait out their timeouts.
+    if make setup-dev PYTHON="$python" VENV=".venv-$v" &&
+       ".venv-$v/bin/pytest" -m "not soak" --without-known-gaps; then
+      ran+=("$v")
+    else
+      failed+=("$v")
+    fi
   done
 done
 
