@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -471,3 +472,53 @@ def test_two_users_log_in_chat_and_log_out_in_chromium_over_wss(start_stack, chr
     # Logged out for good: Connect finds out, and says so.
     alice.get_by_role("button", name="Connect", exact=True).click()
     expect(alice.locator("#status")).to_have_text("Not logged in: log in, then Connect.")
+
+
+# ---- make step06: the whole stack, as a reader starts it ----
+
+
+def listening(port):
+    """Whether anything accepts connections on a loopback port."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+@needs_nginx
+@pytest.mark.timeout(90)
+def test_stack_py_serves_https_with_the_printed_login_and_ctrl_c_stops_all_four():
+    # What `make step06` runs (tests/test_commands.py holds the Makefile to it), on free ports.
+    ports = {name: free_port() for name in ("https", "http", "app", "app2", "redis")}
+    command = [sys.executable, "stack.py", "--port", str(ports["https"]),
+               "--http-port", str(ports["http"]), "--app-ports", str(ports["app"]),
+               str(ports["app2"]), "--redis-port", str(ports["redis"])]
+    process = subprocess.Popen(command, cwd=ROOT / "step06_production", stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        printed = []
+        deadline = time.monotonic() + 3 * STARTUP_TIMEOUT
+        while "Ctrl+C stops everything." not in "".join(printed[-1:]):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(printed)
+            printed.append(process.stdout.readline())
+        output = "".join(printed)
+        password = re.search(r"^user demo password (\S+)$", output, re.MULTILINE).group(1)
+        ca = re.search(r"--cacert (\S+) ", output).group(1)
+        origin = f"https://localhost:{ports['https']}"
+        tls = ssl.create_default_context(cafile=ca)
+        assert get(origin + "/health", context=tls)[0] == 200  # nginx, TLS, an app process
+        assert get(f"http://localhost:{ports['http']}/chat")[0] == 301  # plain http: redirected
+        # The printed password logs demo in.
+        login = urllib.request.Request(
+            origin + "/login", data=f"name=demo&password={password}".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=tls))
+        with pytest.raises(urllib.error.HTTPError) as redirected:
+            opener.open(login, timeout=TIMEOUT)
+        assert redirected.value.code == 303 and "session=" in redirected.value.headers["Set-Cookie"]
+    finally:
+        # Ctrl+C in a terminal signals the whole foreground group: stack.py and its four.
+        os.killpg(process.pid, signal.SIGINT)
+        rest = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, rest
+    assert not any(listening(port) for port in ports.values()), "a process outlived Ctrl+C"
+    assert not os.path.exists(os.path.dirname(ca)), "its temporary folder was left behind"
