@@ -71,10 +71,19 @@ class Nginx:
         return self.log.read().decode(errors="replace")
 
     def stop(self):
+        """Stop nginx, its workers included; return whether any had to be killed."""
+        # SIGTERM: nginx's fast shutdown, which stops the workers too. SIGKILL to the
+        # master alone would leave its workers running, holding the ports.
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
         self.log.close()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its process group: anything left
+        except ProcessLookupError:
+            return False  # nothing was left
+        return True
 
 
 @pytest.fixture
@@ -100,8 +109,9 @@ def start_stack(request, make_server, redis_server, tmp_path):
     for nginx in started:
         problems = [line for line in nginx.output().splitlines()
                     if "[emerg]" in line or "[alert]" in line or "[crit]" in line]
-        nginx.stop()
+        outlived = nginx.stop()
         assert not problems, "\n".join(problems)
+        assert not outlived, "an nginx process outlived its master's shutdown"
 
 
 def user_cookie(app, name, url=None, **kwargs):
