@@ -25,6 +25,7 @@ COMMON = {
     "test_chat_answers_an_empty_message_with_an_error": NO_CHAT,
     "test_chat_closes_a_binary_message_with_1003": NO_CHAT,
     "test_chat_closes_a_message_over_64_kib_with_1009": NO_CHAT,
+    "test_chat_closing_a_client_that_is_already_gone_is_quiet": NO_CHAT,
     "test_chat_answers_a_text_over_2000_characters_with_an_error": NO_CHAT,
     "test_chat_accepts_a_text_of_exactly_2000_characters": NO_CHAT,
     "test_chat_answers_a_message_of_exactly_64_kib_with_an_error_not_a_close": NO_CHAT,

@@ -3,6 +3,7 @@
 Frames the `websockets` library refuses to send are written by hand on a raw socket.
 """
 
+import socket
 import struct
 from pathlib import Path
 
@@ -86,6 +87,23 @@ def test_echo_closes_a_message_over_16_mib_with_1009(server):
     assert ws.protocol.close_rcvd is not None, "the server sent no close frame"
     assert ws.protocol.close_rcvd.code == 1009
     assert_echo_works(server)
+
+
+def test_chat_closing_a_client_that_is_already_gone_is_quiet(server):
+    # The server reads an oversized message (or a binary one) and closes the connection,
+    # but the client has already reset it: nothing to say, no traceback, still serving.
+    for message in (frame(OPCODE_TEXT, b"x" * (CHAT_LIMIT + 1)), frame(OPCODE_BINARY, b"\x00")):
+        for _ in range(5):
+            sock = raw_handshake(server, "/chat")
+            sock.sendall(message)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, right behind the message
+    with open_ws(server, "/chat") as ws:
+        receive_event(ws)
+        ws.send("still serving")
+        while (event := receive_event(ws))["type"] != "message":
+            pass  # the leaves of the clients that reset their connections
+        assert event["text"] == "still serving"
 
 
 def test_chat_closes_a_message_over_64_kib_with_1009(server):
