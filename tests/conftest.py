@@ -66,7 +66,8 @@ SERVERS = {
 }
 # The first rungs have no /health: the tests wait for their port instead.
 WITHOUT_HEALTH = {"step02-minimal", "step03-minimal", "step04-minimal", "step05-minimal"}
-HARDENED_SERVERS = ["step02", "step02-gunicorn", "step03", "step04", "step04-redis"]
+HARDENED_SERVERS = ["step02", "step02-gunicorn", "step02-simple", "step03", "step04",
+                    "step04-redis", "step05", "step06"]
 WEBSOCKET_SERVERS = ["step02-minimal", "step02", "step02-gunicorn", "step02-simple",
                      "step03-minimal", "step03", "step04-minimal", "step04", "step04-redis",
                      "step05-minimal", "step05", "step06"]

@@ -47,7 +47,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import HARDENED_SERVERS, REDIS_SERVER, SERVERS, RedisServer, Server  # noqa: E402
+from conftest import (  # noqa: E402
+    HARDENED_SERVERS,
+    REDIS_SERVER,
+    SERVERS,
+    STEP06_UNLIMITED,
+    RedisServer,
+    Server,
+    authenticate,
+)
 
 # The load.
 SENDERS = 5  # clients that send; every client, senders included, receives
@@ -204,7 +212,10 @@ class Soak:
         self.server = server
         self.args = args
         self.rng = random.Random(seed)
-        self.url = server.ws_url + "/chat"
+        # step05 and step06 welcome a newcomer with the last messages: not here, where
+        # a client that comes back would count them twice.
+        history = "?history=0" if server.name in ("step05", "step06") else ""
+        self.url = server.ws_url + "/chat" + history
         self.sent = {}  # sender key -> send times (time.time()), indexed by sequence number
         self.sender_dropped = set()  # keys whose connection the server closed
         self.memberships = []
@@ -244,7 +255,8 @@ class Soak:
         ws = await connect(self.url, sock=sock, open_timeout=OPEN_TIMEOUT,
                            close_timeout=CLOSE_TIMEOUT, ping_timeout=None,
                            max_queue=PAUSE_MAX_QUEUE if small else 16,
-                           compression=None, proxy=None)
+                           compression=None, proxy=None,
+                           additional_headers=self.server.headers)  # step06's login
         try:
             while True:
                 event = json.loads(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
@@ -702,11 +714,14 @@ def start_server(name, ping=None):
         command = [*command, "--worker-connections", "10000"]
     if name == "step04":
         env["REDIS_URL"] = ""
-    if name == "step04-redis":
+    if name in ("step04-redis", "step05", "step06"):
         redis = RedisServer().start()
         env["REDIS_URL"] = redis.url
+    if name == "step06":
+        env.update(STEP06_UNLIMITED)  # one user, 1,000 connections: no limits here
     try:
-        return Server(name, cwd, command, env).start(), redis
+        server = Server(name, cwd, command, env).start()
+        return (authenticate(server) if name == "step06" else server), redis
     except BaseException:
         if redis:
             redis.stop()
@@ -848,7 +863,7 @@ def main():
 
     rows, notes, failed = [], [], []
     for number, name in enumerate(args.servers):
-        if name == "step04-redis" and REDIS_SERVER is None:
+        if name in ("step04-redis", "step05", "step06") and REDIS_SERVER is None:
             notes.append(f"{name}: SKIPPED, no redis-server (apt-get install redis-server)")
             log(notes[-1])
             continue
