@@ -76,6 +76,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, self.transport.close)
 
+    async def send(self, message):
+        """As uvicorn's, except that closing a connection the client has already ended is done."""
+        # uvicorn raises ClientDisconnected for it; Falcon's close() lets that through (its
+        # sends translate it) and then closes again: two tracebacks per client that reset.
+        if message["type"] == "websocket.close" and self.disconnected:
+            return
+        await super().send(message)
+
 
 class OriginCheck:
     """Middleware refusing a foreign Origin before the handshake: the client gets 403."""

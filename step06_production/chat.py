@@ -18,7 +18,6 @@ CHAT_MAX_TEXT_LENGTH = 2000  # characters; a longer text gets an error message
 TEXT_ERROR = f"a chat message has 1 to {CHAT_MAX_TEXT_LENGTH} characters"
 OUTBOX_SIZE = 64  # messages waiting for one chat client before it is dropped
 SEND_TIMEOUT = 5  # seconds to send a client's queue before it is dropped
-CLOSE_WAIT = 5  # seconds to read up to the end of a connection the client reset
 HELD_MAX = 1000  # live events held for a client still catching up before it is dropped
 UNAVAILABLE = "chat backplane unavailable, message not delivered"
 
@@ -27,27 +26,6 @@ def stream_order(event_id):
     """The sort key of a Redis stream id, "milliseconds-sequence": compare numbers, not text."""
     milliseconds, _, sequence = event_id.partition("-")
     return int(milliseconds), int(sequence)
-
-
-async def close(ws, code, reason):
-    """Close with a code and a reason; a client that has already gone needs nothing more."""
-    try:
-        await ws.close(code, reason)
-    except WebSocketDisconnected:
-        pass
-    except OSError:
-        # uvicorn's ClientDisconnected: the client reset the connection. Falcon's close()
-        # lets it through (its sends raise WebSocketDisconnected) and would then try to
-        # close again. Read up to the disconnect uvicorn has queued: Falcon then knows.
-        with contextlib.suppress(WebSocketDisconnected, asyncio.TimeoutError):
-            await asyncio.wait_for(read_to_the_end(ws), CLOSE_WAIT)
-
-
-async def read_to_the_end(ws):
-    """Receive and drop messages until the connection's end (WebSocketDisconnected)."""
-    while True:
-        with contextlib.suppress(PayloadTypeError):
-            await ws.receive_data()
 
 
 def start_now(coro):
@@ -183,7 +161,8 @@ class ChatClient:
         # ASGI gives an app no way to cut a connection, and uvicorn writes nothing
         # while the peer is not reading: this close waits, unbounded, for the peer
         # to read (it then gets what was queued, and 1008) or to go away.
-        await close(self.ws, 1008, "too slow to receive")
+        with contextlib.suppress(WebSocketDisconnected):
+            await self.ws.close(1008, "too slow to receive")
 
     def stop(self):
         """The connection is over: give up any send still waiting."""
@@ -208,26 +187,26 @@ class Room:
                 message = await ws.receive_text()
                 # uvicorn reads up to ECHO_MAX_MESSAGE_SIZE; the chat's own limit is smaller.
                 if len(message.encode()) > CHAT_MAX_MESSAGE_SIZE:
-                    await close(ws, 1009, f"message over {CHAT_MAX_MESSAGE_SIZE} bytes")
+                    await ws.close(1009, f"message over {CHAT_MAX_MESSAGE_SIZE} bytes")
                     break
                 # Over the budget: refused with an error; a whole burst over: closed.
                 if client.budget.spend() < 0:
                     if client.budget.flooding():
-                        await close(ws, 1008, "too many messages")
+                        await ws.close(1008, "too many messages")
                         break
                     client.post(json.dumps({"type": "error", "error": RATE_ERROR}))
                     continue
                 await self.say(client, message)
         except TooManyConnections:
-            await close(ws, 1008, f"at most {CONNECTIONS_PER_USER} chat connections per user")
+            await ws.close(1008, f"at most {CONNECTIONS_PER_USER} chat connections per user")
         except PayloadTypeError:
-            await close(ws, 1003, "chat accepts text messages only")
+            await ws.close(1003, "chat accepts text messages only")
         except WebSocketDisconnected:
             pass
         except RedisError:
             # Joining, or storing a message with a msg_id, needs the backplane;
             # the client may try again later (and send that message again).
-            await close(ws, 1011, "chat backplane unavailable")
+            await ws.close(1011, "chat backplane unavailable")
         finally:
             await self.leave(client)
             client.stop()

@@ -218,11 +218,8 @@ def test_two_clients_joining_at_once_on_two_processes_each_count_the_other(step0
     first, second = step05(), step05()
     for attempt in range(20):
         sockets = [None, None]
-
-        def join(index, server):
-            sockets[index] = open_ws(server, "/chat")
-
-        threads = [threading.Thread(target=join, args=pair) for pair in ((0, first), (1, second))]
+        threads = [threading.Thread(target=join_into, args=(sockets, index, server))
+                   for index, server in enumerate((first, second))]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -237,6 +234,11 @@ def test_two_clients_joining_at_once_on_two_processes_each_count_the_other(step0
         for ws in sockets:
             ws.close()
         assert_room_empties(redis_aof)
+
+
+def join_into(sockets, index, server):
+    """Open a /chat connection into sockets[index] (run in a thread, to join at once)."""
+    sockets[index] = open_ws(server, "/chat")
 
 
 def assert_room_empties(redis_server):

@@ -68,7 +68,7 @@ ADDED_BY = {
     "test_chat_closes_a_message_over_64_kib_with_1009": asgi(
         ["app.py:ChatResource.on_get", "protections.py:repaired"], ["chat.py:Room.chat"]),
     "test_chat_closing_a_client_that_is_already_gone_is_quiet": asgi(
-        ["chat.py:Room.chat"], ["chat.py:close", "chat.py:read_to_the_end"]),
+        ["chat.py:Room.chat"], ["protections.py:WebSocketProtocol.send"]),
     "test_closes_a_1_gib_frame_header_with_1009_without_growing": asgi(
         ["protections.py:WebSocket.read_frame"], ["server.py:/ws_max_size/"]),
     "test_closes_invalid_utf8_text_with_1007": {STEP02: ["protections.py:WebSocket.receive"]},
