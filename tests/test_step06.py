@@ -312,6 +312,37 @@ def test_connections_per_user_count_across_processes(start_stack):
         assert until(again, "welcome")["type"] == "welcome"
 
 
+def sent(ws, text):
+    """Send a chat message; True if it went out, False if the rate limit refused it."""
+    ws.send(text)
+    for _ in range(100):  # skip the messages of others, this user's other sockets included
+        event = receive_event(ws)
+        if event["type"] == "error":
+            return False
+        if event["type"] == "message" and event["text"] == text:
+            return True
+    pytest.fail(f"neither {text!r} nor an error came back")
+
+
+@pytest.mark.timeout(60)
+def test_the_message_budget_is_per_user_in_each_process(start_stack):
+    # A burst of 3 that does not refill within the test: what counts is who spent it.
+    first, second = start_stack(proxy=False, CHAT_MESSAGE_BURST="3",
+                                CHAT_MESSAGES_PER_SECOND="0.001")
+    cookie = user_cookie(first, "alice")
+    with open_direct(first, "/chat", cookie) as one, open_direct(first, "/chat", cookie) as two, \
+            open_direct(second, "/chat", cookie) as three:
+        for ws in (one, two, three):
+            until(ws, "welcome")
+        assert [sent(one, f"one {n}") for n in range(3)] == [True] * 3
+        # The same user's other socket in the same process shares the bucket.
+        assert not sent(two, "two 0")
+        # In another process, the user has a bucket of its own: twice the burst in all,
+        # as step06's README says ("a user connected to both may send twice as much").
+        assert [sent(three, f"three {n}") for n in range(3)] == [True] * 3
+        assert not sent(three, "three 3")
+
+
 def handshake_status(port, source, headers):
     """Open a handshake from a given local address; return the HTTP status the server gave."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT,
