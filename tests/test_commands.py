@@ -61,3 +61,33 @@ def test_make_step06_starts_stack_py_which_starts_what_the_tests_start():
     assert folder == "step06_production"
     assert normalized(stack.app_command(PORT)) == normalized(
         [word.format(port=PORT) for word in command])
+
+
+def systemd_unit():
+    """docs/deployment.md's unit file: {key: [values]} of its lines."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    block = re.search(r"```ini\n# /etc/systemd/system/chat@\.service\n(.*?)```", text, re.S)
+    assert block, "no chat@.service block in docs/deployment.md"
+    unit = {}
+    for line in block.group(1).splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            unit.setdefault(key, []).append(value)
+    return unit
+
+
+def test_the_systemd_unit_starts_what_the_tests_start():
+    unit = systemd_unit()
+    [directory], [command] = unit["WorkingDirectory"], unit["ExecStart"]
+    assert Path(directory).name == "step06_production"
+    folder, tested = SERVERS["step06"]
+    started = [word.replace("%i", PORT) for word in shlex.split(command)]
+    assert normalized(started) == normalized([word.format(port=PORT) for word in tested])
+
+
+def test_the_systemd_unit_sets_only_what_step06_reads():
+    # A misspelt name would be ignored without a word: each must be one the app reads.
+    code = "".join(path.read_text() for path in (ROOT / "step06_production").glob("*.py"))
+    read = set(re.findall(r"environ(?:\.get\(|\[)\"([A-Z_]+)\"", code))
+    names = {setting.split("=", 1)[0] for setting in systemd_unit()["Environment"]}
+    assert names and names <= read, names - read
