@@ -79,8 +79,8 @@ def systemd_unit():
 def test_the_systemd_unit_starts_what_the_tests_start():
     unit = systemd_unit()
     [directory], [command] = unit["WorkingDirectory"], unit["ExecStart"]
-    assert Path(directory).name == "step06_production"
     folder, tested = SERVERS["step06"]
+    assert Path(directory).name == folder
     started = [word.replace("%i", PORT) for word in shlex.split(command)]
     assert normalized(started) == normalized([word.format(port=PORT) for word in tested])
 

@@ -78,11 +78,12 @@ def test_chat_welcomes_a_client_with_its_id(server):
     assert welcome["id"]
 
 
-def receive_chat_event(ws, late_joins=frozenset()):
+def receive_chat_event(ws, late=frozenset()):
     """Receive a join, leave or message event, without the event_id that step05 adds."""
     event = receive_event(ws)
-    if event["type"] == "join" and event["id"] in late_joins:
-        late_joins.remove(event["id"])  # each at most once: a second one fails
+    # late: the ids whose join may still come (late_joins() below).
+    if event["type"] == "join" and event["id"] in late:
+        late.remove(event["id"])  # each at most once: a second one fails
         event = receive_event(ws)
     # The contract grew in step05: each event carries its place in the stream (event_id),
     # which a client sends back to resume. tests/test_step05.py checks it is there.
