@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 BENCH_SERVERS = ["step02", "step02-gunicorn", "step02-simple", "step03", "step03-asyncio",
-                 "step03-deflate", "bare-asgi", "websockets"]
+                 "step03-deflate", "falcon-asgi", "bare-asgi", "websockets"]
 QUICK_TIMEOUT = 150  # seconds; the quick run takes about 40 on a busy 2-core machine
 
 
