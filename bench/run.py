@@ -1,6 +1,6 @@
-"""gevent or ASGI? The same WebSocket load against step02, step03 and two references.
+"""gevent or ASGI? The same WebSocket load against step02, step03 and three references.
 
-    python bench/run.py           # the full run, about 3 minutes; draws docs/bench.png
+    python bench/run.py           # the full run, about 6.5 minutes; draws docs/bench.png
     python bench/run.py --quick   # tiny loads in well under a minute: checks that it runs
 
 Every server is a subprocess on a free loopback port, started afresh for each workload.
@@ -613,7 +613,7 @@ def describe(workload, result):
     if workload == "small":
         return (f"{result['rate']:,.0f} msg/s, p50 {result['p50_ms']:.2f} ms, "
                 f"p99 {result['p99_ms']:.2f} ms, CPU server {result['server_cpu']:.0f}% "
-                f"clients {result['client_cpu']:.0f}%")
+                f"({result['server_cpu_us']:.1f} µs/msg) clients {result['client_cpu']:.0f}%")
     if workload == "large":
         return (f"{result['mib_s']:,.1f} MiB/s, CPU server {result['server_cpu']:.0f}% "
                 f"clients {result['client_cpu']:.0f}%")
