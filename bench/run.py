@@ -807,6 +807,8 @@ def main():
                         result = run(server, profile, args.client_procs)
                 except Exception as error:  # noqa: BLE001 - one failure must not end the run
                     result = {"error": f"{type(error).__name__}: {error}"}
+                print(f"  {name:16} {describe(workload, result)} "
+                      f"[{time.monotonic() - began_here:.0f} s]", flush=True)
                 previous = results.setdefault(workload, {}).get(name)
                 if better(result, previous):
                     results[workload][name] = result
@@ -816,8 +818,6 @@ def main():
                          if each and "server_cpu_us" in each]
                 if costs and "server_cpu_us" in kept:
                     kept["server_cpu_us"] = min(costs)
-                print(f"  {name:16} {describe(workload, result)} "
-                      f"[{time.monotonic() - began_here:.0f} s]", flush=True)
 
     # 5. step04's pub/sub or step05's stream: one chat on two processes and a Redis each.
     backplane_lines = []
