@@ -84,14 +84,14 @@ async def app(scope, receive, send):
         await (chat if scope["path"] == "/chat" else echo)(receive, send)
 
 
-def main():
-    """Serve the app with the uvicorn settings step03 uses."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def serve(asgi_app, description=__doc__):
+    """Serve an ASGI app with the uvicorn settings step03 uses (falcon_asgi.py's too)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     uvicorn.run(
-        app,
+        asgi_app,
         host=args.host,
         port=args.port,
         loop="auto",  # uvloop where installed, as step03 runs
@@ -106,4 +106,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    serve(app)

@@ -6,16 +6,14 @@ bare_asgi.py is what Falcon costs; step03 against this app is what step03's own 
 Run: python falcon_asgi.py [--host H] [--port P]
 """
 
-import argparse
 import json
 import secrets
 
 import falcon.asgi
 import falcon.media
-import uvicorn
 from falcon import WebSocketDisconnected
 
-from bare_asgi import MAX_MESSAGE_SIZE, PER_MESSAGE_DEFLATE, PING_INTERVAL, PING_TIMEOUT
+from bare_asgi import serve
 
 clients = {}  # chat client id -> its Falcon WebSocket
 
@@ -93,26 +91,6 @@ app.add_route("/", Echo())
 app.add_route("/chat", Chat())
 
 
-def main():
-    """Serve the app with the uvicorn settings bare_asgi.py uses."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="auto",
-        http="auto",
-        ws="websockets-sansio",
-        ws_per_message_deflate=PER_MESSAGE_DEFLATE,
-        ws_max_size=MAX_MESSAGE_SIZE,
-        ws_ping_interval=PING_INTERVAL,
-        ws_ping_timeout=PING_TIMEOUT,
-        timeout_graceful_shutdown=3,
-    )
-
-
 if __name__ == "__main__":
-    main()
+    # The same uvicorn settings as bare_asgi.py, by construction.
+    serve(app, __doc__)
